@@ -1,0 +1,24 @@
+"""Networks: the mixed-dimension SparseSSP network and its blocks."""
+
+from sparsessp_monai.networks.blocks import (
+    ChannelToDepth,
+    DepthToChannel,
+    DynamicHead,
+    Fold3dTo2d,
+    NoCondition,
+    TaskFiLM,
+    Unfold2dTo3d,
+)
+from sparsessp_monai.networks.sparsessp_net import TOPOLOGIES, SparseSSPNet
+
+__all__ = [
+    "TOPOLOGIES",
+    "ChannelToDepth",
+    "DepthToChannel",
+    "DynamicHead",
+    "Fold3dTo2d",
+    "NoCondition",
+    "SparseSSPNet",
+    "TaskFiLM",
+    "Unfold2dTo3d",
+]

@@ -1,0 +1,199 @@
+"""Building blocks of :class:`~sparsessp_monai.networks.SparseSSPNet`: dimension bridges and task conditioning."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+from torch import nn
+
+__all__ = [
+    "ChannelToDepth",
+    "DepthToChannel",
+    "DynamicHead",
+    "Fold3dTo2d",
+    "NoCondition",
+    "TaskFiLM",
+    "Unfold2dTo3d",
+]
+
+
+class DepthToChannel(nn.Module):
+    """Fold depth into channels: ``(B, C, D, H, W) -> (B, C * D, H, W)`` (channel-major, depth-minor)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(x, 1, 2)
+
+
+class ChannelToDepth(nn.Module):
+    """Unfold channels into depth: ``(B, C * D, H, W) -> (B, C, D, H, W)``, the inverse of :class:`DepthToChannel`.
+
+    Args:
+        depth: the depth ``D`` to unfold.
+    """
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.depth = int(depth)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], x.shape[1] // self.depth, self.depth, x.shape[2], x.shape[3])
+
+
+class Fold3dTo2d(nn.Module):
+    """
+    Bridge a 3D feature map to a 2D one ("depth-to-channel" with an embedding to a common width).
+
+    - ``embedding="3d"``: a 1x1x1 Conv3d projects ``C -> ceil(F / D)`` channels per slice, then depth is folded,
+      giving ``ceil(F / D) * D`` channels; the projection is shared by all slices.
+    - ``embedding="2d"``: depth is folded first (``C * D`` channels), then a 1x1 Conv2d projects to ``F``; the
+      projection mixes slices.
+
+    Input ``(B, C, D, H, W)``, output ``(B, out_channels, H, W)``.
+
+    Args:
+        in_channels: ``C``.
+        depth: ``D``.
+        width: target width ``F``.
+        embedding: ``"3d"`` or ``"2d"``.
+        act, norm: as in :class:`monai.networks.blocks.Convolution`.
+    """
+
+    def __init__(self, in_channels: int, depth: int, width: int, embedding: str, act, norm) -> None:
+        super().__init__()
+        if embedding == "3d":
+            per_slice = max(1, -(-width // depth))
+            self.project = nn.Sequential(
+                Convolution(3, in_channels, per_slice, kernel_size=1, act=act, norm=norm), DepthToChannel()
+            )
+            self.out_channels = per_slice * depth
+        elif embedding == "2d":
+            self.project = nn.Sequential(
+                DepthToChannel(), Convolution(2, in_channels * depth, width, kernel_size=1, act=act, norm=norm)
+            )
+            self.out_channels = width
+        else:
+            raise ValueError(f"embedding must be '3d' or '2d', got {embedding!r}.")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(x)
+
+
+class Unfold2dTo3d(nn.Module):
+    """
+    Bridge a 2D feature map to a 3D one ("channel-to-depth" with an embedding), the mirror of :class:`Fold3dTo2d`.
+
+    - ``embedding="2d"``: a 1x1 Conv2d projects ``C -> F * D`` channels, then they unfold to ``(F, D)``.
+    - ``embedding="3d"``: channels unfold to ``(C / D, D)`` first (``C`` must be a multiple of ``D``), then a
+      1x1x1 Conv3d projects to ``F``.
+
+    Input ``(B, C, H, W)``, output ``(B, F, D, H, W)``.
+    """
+
+    def __init__(self, in_channels: int, depth: int, width: int, embedding: str, act, norm) -> None:
+        super().__init__()
+        if embedding == "2d":
+            self.project = nn.Sequential(
+                Convolution(2, in_channels, width * depth, kernel_size=1, act=act, norm=norm), ChannelToDepth(depth)
+            )
+        elif embedding == "3d":
+            if in_channels % depth:
+                raise ValueError(
+                    f"embedding='3d' unfolds {in_channels} channels into depth {depth}: channels must be a multiple "
+                    "of the depth; change the 2D widths or use embedding='2d'."
+                )
+            self.project = nn.Sequential(
+                ChannelToDepth(depth), Convolution(3, in_channels // depth, width, kernel_size=1, act=act, norm=norm)
+            )
+        else:
+            raise ValueError(f"embedding must be '3d' or '2d', got {embedding!r}.")
+        self.out_channels = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(x)
+
+
+class NoCondition(nn.Module):
+    """Task conditioning that does nothing; keeps a uniform ``(x, task)`` call signature in the decoder."""
+
+    def forward(self, x: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
+        return x
+
+
+class TaskFiLM(nn.Module):
+    """
+    Feature-wise linear modulation by task: ``x * (1 + gamma[task]) + beta[task]`` per channel.
+
+    Starts as the identity (zero-initialised table), so a multi-task model begins as a shared model and learns
+    per-structure scales. Costs two multiply-adds per voxel, unlike per-sample convolutions.
+
+    Args:
+        num_tasks: number of structures.
+        channels: channels of the modulated feature map ``(B, channels, *spatial)``.
+    """
+
+    def __init__(self, num_tasks: int, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.table = nn.Embedding(num_tasks, 2 * channels)
+        nn.init.zeros_(self.table.weight)
+
+    def forward(self, x: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
+        if task is None:
+            return x
+        gamma_beta = self.table(task)
+        shape = [x.shape[0], 2 * self.channels] + [1] * (x.ndim - 2)
+        gamma, beta = gamma_beta.reshape(shape).chunk(2, dim=1)
+        return x * (1 + gamma) + beta
+
+
+class DynamicHead(nn.Module):
+    """
+    DoDNet-style dynamic head: a controller turns (one-hot task, globally pooled features) into the weights of a
+    small per-sample stack of 1x1 convolutions, applied at once to the whole batch as one grouped convolution.
+
+    Input ``(B, in_channels, *spatial)`` and task ``(B,)``; output ``(B, out_channels, *spatial)``.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        out_channels: output channels.
+        num_tasks: number of structures.
+        hidden: width of the two hidden dynamic layers.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, num_tasks: int, hidden: int = 8):
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        self.spatial_dims = spatial_dims
+        self.num_tasks = num_tasks
+        self.shapes = [(hidden, in_channels), (hidden, hidden), (out_channels, hidden)]
+        num_params = sum(o * i + o for o, i in self.shapes)
+        self.reduce = Convolution(spatial_dims, in_channels, in_channels, kernel_size=1, act="relu", norm=None)
+        self.controller = nn.Linear(num_tasks + in_channels, num_params)
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> torch.Tensor:
+        if self.spatial_dims == 3:
+            return F.conv3d(x, weight.reshape(weight.shape[0], weight.shape[1], 1, 1, 1), bias, groups=groups)
+        return F.conv2d(x, weight.reshape(weight.shape[0], weight.shape[1], 1, 1), bias, groups=groups)
+
+    def forward(self, x: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
+        if task is None:
+            raise ValueError("a dynamic head needs the task id of every sample.")
+        b = x.shape[0]
+        pooled = torch.flatten(F.adaptive_avg_pool1d(torch.flatten(x, 2), 1), 1)
+        onehot = F.one_hot(task, self.num_tasks).to(x.dtype)
+        params = self.controller(torch.cat([onehot, pooled], dim=1))
+        y = self.reduce(x)
+        y = torch.flatten(y, 0, 1).unsqueeze(0)  # the batch becomes conv groups
+        start = 0
+        for layer, (o, i) in enumerate(self.shapes):
+            weight = params[:, start : start + o * i].reshape(b * o, i)
+            start += o * i
+            bias = params[:, start : start + o].reshape(b * o)
+            start += o
+            y = self._conv(y, weight, bias, b)
+            if layer < len(self.shapes) - 1:
+                y = F.relu(y)
+        return y.squeeze(0).unflatten(0, [b, -1])

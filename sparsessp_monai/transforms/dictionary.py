@@ -1,0 +1,123 @@
+"""Dictionary versions of the sparse-Z transforms, for MONAI ``Compose`` pipelines and bundle configs."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import MapTransform, Randomizable
+
+from sparsessp_monai.transforms.array import PrefixResampleZ, SubsampleZ, _check_ratio
+
+__all__ = ["PrefixResampleZd", "RandSubsampleZd", "SubsampleZd"]
+
+
+class SubsampleZd(MapTransform):
+    """Dictionary version of :class:`~sparsessp_monai.transforms.array.SubsampleZ` (fixed ratio and offset)."""
+
+    backend = SubsampleZ.backend
+
+    def __init__(
+        self, keys: KeysCollection, ratio: int, offset: int = 0, axis: int = 0, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.subsample = SubsampleZ(ratio=ratio, offset=offset, axis=axis)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.subsample(d[key])
+        return d
+
+
+class RandSubsampleZd(Randomizable, MapTransform):
+    """
+    Simulate a sparse acquisition with a random phase: keep every ``ratio``-th slice from a random offset.
+
+    The same ratio and offset apply to every key of one sample. A random phase teaches the network that the
+    acquired slices may fall anywhere relative to a training crop, as they do in a sliding window at inference.
+
+    Args:
+        keys: keys of the images to subsample (usually only the transmitted-light input).
+        ratio: the acquisition ratio, or a sequence of ratios to draw from per sample (one model for several r).
+        axis: the sparse spatial axis.
+        random_offset: draw the offset in ``[0, ratio)``; ``False`` always keeps slice 0.
+        allow_missing_keys: don't raise if a key is missing.
+    """
+
+    backend = SubsampleZ.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        ratio: int | Sequence[int],
+        axis: int = 0,
+        random_offset: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        ratios = [ratio] if isinstance(ratio, (int, np.integer, float)) else list(ratio)
+        if not ratios:
+            raise ValueError("ratio must be a positive integer or a non-empty sequence of them.")
+        self.ratios = [_check_ratio(r) for r in ratios]
+        self.axis = axis
+        self.random_offset = random_offset
+        self._ratio = self.ratios[0]
+        self._offset = 0
+
+    def randomize(self, data: Any = None) -> None:
+        self._ratio = int(self.R.choice(self.ratios))
+        self._offset = int(self.R.randint(self._ratio)) if self.random_offset else 0
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        self.randomize()
+        subsample = SubsampleZ(ratio=self._ratio, offset=self._offset, axis=self.axis)
+        for key in self.key_iterator(d):
+            d[key] = subsample(d[key])
+        return d
+
+
+class PrefixResampleZd(MapTransform):
+    """Dictionary version of :class:`~sparsessp_monai.transforms.array.PrefixResampleZ`.
+
+    ``ratio_key`` optionally names a data-dictionary entry holding the acquisition ratio of a genuinely sparse
+    stack (for instance read from a datalist or from file metadata), used when the image carries no
+    ``sparse_z`` meta; it takes precedence over the ``ratio`` argument.
+    """
+
+    backend = PrefixResampleZ.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mode: str = "trilinear",
+        ratio: int | None = None,
+        target_depth: int | None = None,
+        offset: int = 0,
+        axis: int = 0,
+        z_step: float | None = None,
+        target_z_step: float | None = None,
+        ratio_key: str | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.kwargs = {"mode": mode, "target_depth": target_depth, "offset": offset, "axis": axis}
+        self.resample = PrefixResampleZ(ratio=ratio, z_step=z_step, target_z_step=target_z_step, **self.kwargs)
+        self.ratio_key = ratio_key
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        resample = self.resample
+        if self.ratio_key is not None and d.get(self.ratio_key) is not None:
+            resample = PrefixResampleZ(ratio=int(d[self.ratio_key]), **self.kwargs)
+        for key in self.key_iterator(d):
+            d[key] = resample(d[key])
+        return d
+
+
+SubsampleZD = SubsampleZDict = SubsampleZd
+RandSubsampleZD = RandSubsampleZDict = RandSubsampleZd
+PrefixResampleZD = PrefixResampleZDict = PrefixResampleZd

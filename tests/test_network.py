@@ -1,0 +1,98 @@
+"""SparseSSPNet: shape contracts, conditioning, gradients, TorchScript and input errors."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from sparsessp_monai.networks import TOPOLOGIES, SparseSSPNet
+
+SMALL = {"features_3d": (4, 8, 16), "features_2d": (16, 32, 64)}
+
+
+def small_net(**kwargs) -> SparseSSPNet:
+    torch.manual_seed(0)
+    return SparseSSPNet(depth=kwargs.pop("depth", 16), **{**SMALL, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "topology,ratio,z_mapping", list(itertools.product(TOPOLOGIES, [1, 2, 4, 8], ["prefix", "suffix"]))
+)
+def test_output_is_the_full_grid_for_every_topology_ratio_and_z_mapping(topology, ratio, z_mapping) -> None:
+    net = small_net(topology=topology, ratio=ratio, z_mapping=z_mapping)
+    in_depth = 16 // ratio if z_mapping == "suffix" else 16
+    with torch.no_grad():
+        y = net(torch.randn(2, 1, in_depth, 16, 24))
+    assert y.shape == (2, 1, 16, 16, 24)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("topology,embedding", list(itertools.product(["3to2d", "2to3d"], ["3d", "2d"])))
+def test_both_embeddings_of_mixed_topologies(topology, embedding) -> None:
+    net = small_net(topology=topology, embedding=embedding, out_channels=2)
+    assert net(torch.randn(1, 1, 16, 16, 16)).shape == (1, 2, 16, 16, 16)
+
+
+@pytest.mark.parametrize("conditioning", ["film", "dynamic"])
+@pytest.mark.parametrize("topology", list(TOPOLOGIES))
+def test_task_conditioning_changes_outputs_and_gradients_reach_every_parameter(topology, conditioning) -> None:
+    net = small_net(topology=topology, num_tasks=3, conditioning=conditioning)
+    x = torch.randn(2, 1, 16, 16, 16)
+    task = torch.tensor([0, 2])
+    loss = net(x, task).square().mean()
+    loss.backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, f"no gradient reaches {missing}"
+
+    # FiLM starts as the identity; one optimisation step makes tasks differ
+    torch.optim.SGD(net.parameters(), lr=0.5).step()
+    net.eval()
+    with torch.no_grad():
+        same = x[:1].expand(3, -1, -1, -1, -1)
+        y = net(same, torch.tensor([0, 1, 2]))
+    assert not torch.allclose(y[0], y[2], atol=1e-5)
+    # one task id serves a whole batch of windows
+    with torch.no_grad():
+        assert torch.allclose(net(same, torch.tensor([2])), net(same, torch.tensor([2, 2, 2])), atol=1e-6)
+
+
+@pytest.mark.parametrize("topology", list(TOPOLOGIES))
+@pytest.mark.parametrize("z_mapping", ["prefix", "suffix"])
+def test_torchscript_export_matches_eager(topology, z_mapping) -> None:
+    net = small_net(topology=topology, z_mapping=z_mapping, num_tasks=2, conditioning="dynamic").eval()
+    x = torch.randn(1, 1, 16 if z_mapping == "prefix" else 4, 16, 16)
+    scripted = torch.jit.script(net)
+    task = torch.tensor([1])
+    with torch.no_grad():
+        assert torch.allclose(scripted(x, task), net(x, task), atol=1e-5)
+
+
+def test_default_network_is_light() -> None:
+    net = SparseSSPNet()
+    assert sum(p.numel() for p in net.parameters()) < 5_000_000
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: SparseSSPNet(topology="4d"), "topology"),
+        (lambda: SparseSSPNet(z_mapping="middle"), "z_mapping"),
+        (lambda: SparseSSPNet(conditioning="moe"), "conditioning"),
+        (lambda: SparseSSPNet(features_3d=(8, 16), features_2d=(8, 16, 32)), "same length"),
+        (lambda: SparseSSPNet(depth=30, z_mapping="suffix", ratio=4), "divisible"),
+        (lambda: SparseSSPNet(embedding="1d"), "embedding"),
+        (lambda: small_net(topology="2to3d", embedding="3d", features_2d=(6, 16, 32)), "multiple of the depth"),
+        (lambda: small_net()(torch.randn(1, 1, 8, 16, 16)), "depth"),
+        (lambda: small_net()(torch.randn(1, 16, 16, 16)), "dimensions"),
+        (lambda: small_net()(torch.randn(1, 1, 16, 18, 16)), "divisible"),
+        (lambda: small_net()(torch.randn(1, 1, 16, 16, 16), torch.tensor([0])), "no task conditioning"),
+        (lambda: small_net(num_tasks=2)(torch.randn(1, 1, 16, 16, 16)), "task ids"),
+        (lambda: small_net(num_tasks=2)(torch.randn(1, 1, 16, 16, 16), torch.tensor([2])), r"\[0, 2\)"),
+        (lambda: small_net(num_tasks=2)(torch.randn(3, 1, 16, 16, 16), torch.tensor([0, 1])), "batch of 3"),
+    ],
+)
+def test_bad_configurations_and_inputs_raise(make, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make()
