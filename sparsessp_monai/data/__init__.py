@@ -1,0 +1,50 @@
+"""Data utilities for SparseSSP: the synthetic demo dataset generator."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .synthetic_cells import (
+        GENERATOR_VERSION,
+        SPACING_ZYX_UM,
+        STRUCTURES,
+        generate_demo_dataset,
+        make_sample,
+        make_sample_all_structures,
+    )
+
+# imported lazily so that ``python -m sparsessp_monai.data.synthetic_cells`` does not find the module already
+# imported by its package (runpy would warn) and so importing the package stays cheap
+_LAZY = {
+    "GENERATOR_VERSION": "synthetic_cells",
+    "SPACING_ZYX_UM": "synthetic_cells",
+    "STRUCTURES": "synthetic_cells",
+    "generate_demo_dataset": "synthetic_cells",
+    "make_sample": "synthetic_cells",
+    "make_sample_all_structures": "synthetic_cells",
+}
+
+__all__ = [
+    "GENERATOR_VERSION",
+    "SPACING_ZYX_UM",
+    "STRUCTURES",
+    "generate_demo_dataset",
+    "make_sample",
+    "make_sample_all_structures",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Resolve the lazily imported public names (PEP 562)."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """List the module attributes including the not yet imported lazy ones."""
+    return sorted([*globals(), *_LAZY])
