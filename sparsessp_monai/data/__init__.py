@@ -6,6 +6,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .sparse_stacks import write_sparse_stacks
     from .synthetic_cells import (
         GENERATOR_VERSION,
         SPACING_ZYX_UM,
@@ -24,6 +25,7 @@ _LAZY = {
     "generate_demo_dataset": "synthetic_cells",
     "make_sample": "synthetic_cells",
     "make_sample_all_structures": "synthetic_cells",
+    "write_sparse_stacks": "sparse_stacks",
 }
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "generate_demo_dataset",
     "make_sample",
     "make_sample_all_structures",
+    "write_sparse_stacks",
 ]
 
 

@@ -11,7 +11,7 @@ from monai.transforms import MapTransform, Randomizable
 
 from sparsessp_monai.transforms.array import PrefixResampleZ, SubsampleZ, _check_ratio
 
-__all__ = ["PrefixResampleZd", "RandSubsampleZd", "SubsampleZd"]
+__all__ = ["PrefixResampleZd", "RandSubsampleZd", "StructureToTaskd", "SubsampleZd"]
 
 
 class SubsampleZd(MapTransform):
@@ -121,3 +121,36 @@ class PrefixResampleZd(MapTransform):
 SubsampleZD = SubsampleZDict = SubsampleZd
 RandSubsampleZD = RandSubsampleZDict = RandSubsampleZd
 PrefixResampleZD = PrefixResampleZDict = PrefixResampleZd
+
+
+class StructureToTaskd(MapTransform):
+    """
+    Turn a structure name into the task id the network is conditioned on: ``d[task_key] = structures.index(name)``.
+
+    The id always follows the model's ``structures`` list, whatever ids a datalist may carry, so one model and one
+    table of names stay consistent.
+
+    Args:
+        structures: structure names, in task-id order.
+        keys: the key holding the structure name.
+        task_key: the key to write the task id to.
+
+    Raises:
+        ValueError: unknown structure name (the message lists the known ones).
+    """
+
+    def __init__(self, structures: Sequence[str], keys: KeysCollection = "structure", task_key: str = "task") -> None:
+        super().__init__(keys)
+        self.structures = [str(s) for s in structures]
+        if not self.structures or len(set(self.structures)) != len(self.structures):
+            raise ValueError(f"structures must be a non-empty list of unique names, got {self.structures}.")
+        self.task_key = task_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            name = str(d[key])
+            if name not in self.structures:
+                raise ValueError(f"unknown structure name {name!r}; this model knows {self.structures}.")
+            d[self.task_key] = self.structures.index(name)
+        return d

@@ -1,0 +1,413 @@
+"""
+Ignite handlers for evaluating one model over many structures.
+
+:class:`ImageR2` and :class:`ImagePearson` are metric handlers in the style of MONAI's
+:class:`~monai.handlers.MeanSquaredError` (use that one and :class:`~monai.handlers.MeanAbsoluteError` for MSE and
+MAE). :class:`PerStructureMetricsSaver` splits the per-image values those handlers save (``save_details=True``) by
+structure, puts the per-structure means into ``engine.state.metrics`` and writes CSV reports.
+
+Bundle evaluator example::
+
+    "key_val_metric": {
+        "val_r2": {
+            "_target_": "sparsessp_monai.handlers.ImageR2",
+            "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+            "save_details": true
+        }
+    },
+    "additional_metrics": {
+        "val_pearson": {
+            "_target_": "sparsessp_monai.handlers.ImagePearson",
+            "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+            "save_details": true
+        }
+    },
+    "val_handlers": [
+        {"_target_": "sparsessp_monai.handlers.PerStructureMetricsSaver", "structures": "@structures",
+         "save_dir": "@output_dir"},
+        {"_target_": "StatsHandler", "iteration_log": false}
+    ]
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from monai.data import MetaTensor
+from monai.handlers.ignite_metric import IgniteMetricHandler
+from monai.utils import IgniteInfo, MetricReduction, PostFix, evenly_divisible_all_gather, min_version, optional_import
+from monai.utils import ImageMetaKey as Key
+
+from sparsessp_monai.metrics import PearsonMetric, R2Metric
+
+Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+idist, _ = optional_import("ignite", IgniteInfo.OPT_IMPORT_VERSION, min_version, "distributed")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
+
+__all__ = ["ImagePearson", "ImageR2", "PerStructureMetricsSaver"]
+
+# summary rows of metrics_per_structure.csv; no structure may carry these names
+ALL_STRUCTURES = "all"
+ALL_IMAGES = "all_images"
+
+
+class ImageR2(IgniteMetricHandler):
+    """
+    Computes the per-image coefficient of determination (R2) and collects its average over images and iterations.
+    """
+
+    def __init__(
+        self,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        output_transform: Callable = lambda x: x,
+        save_details: bool = True,
+    ) -> None:
+        """
+
+        Args:
+            reduction: define the mode to reduce metrics, will only execute reduction on `not-nan` values,
+                available reduction modes: {``"none"``, ``"mean"``, ``"sum"``, ``"mean_batch"``, ``"sum_batch"``,
+                ``"mean_channel"``, ``"sum_channel"``}, default to ``"mean"``. if "none", will not do reduction.
+                Images with a constant target have an undefined (NaN) R2 and are skipped.
+            output_transform: callable to extract `y_pred` and `y` from `ignite.engine.state.output` then
+                construct `(y_pred, y)` pair, where `y_pred` and `y` can be `batch-first` Tensors or
+                lists of `channel-first` Tensors. the form of `(y_pred, y)` is required by the `update()`.
+                `engine.state` and `output_transform` inherit from the ignite concept:
+                https://pytorch.org/ignite/concepts.html#state, explanation and usage example are in the tutorial:
+                https://github.com/Project-MONAI/tutorials/blob/master/modules/batch_output_transform.ipynb.
+            save_details: whether to save the R2 of every image into `engine.state.metric_details` with the metric
+                name as key (needed by :class:`PerStructureMetricsSaver`). default to True.
+
+        See also:
+            :py:class:`sparsessp_monai.metrics.R2Metric`
+        """
+        metric_fn = R2Metric(reduction=reduction)
+        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+
+
+class ImagePearson(IgniteMetricHandler):
+    """
+    Computes the per-image Pearson correlation of prediction and target voxels and collects its average over images
+    and iterations.
+    """
+
+    def __init__(
+        self,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        output_transform: Callable = lambda x: x,
+        save_details: bool = True,
+    ) -> None:
+        """
+
+        Args:
+            reduction: define the mode to reduce metrics, will only execute reduction on `not-nan` values,
+                available reduction modes: {``"none"``, ``"mean"``, ``"sum"``, ``"mean_batch"``, ``"sum_batch"``,
+                ``"mean_channel"``, ``"sum_channel"``}, default to ``"mean"``. if "none", will not do reduction.
+                Images with a constant prediction or target have an undefined (NaN) correlation and are skipped.
+            output_transform: callable to extract `y_pred` and `y` from `ignite.engine.state.output` then
+                construct `(y_pred, y)` pair, where `y_pred` and `y` can be `batch-first` Tensors or
+                lists of `channel-first` Tensors. the form of `(y_pred, y)` is required by the `update()`.
+                `engine.state` and `output_transform` inherit from the ignite concept:
+                https://pytorch.org/ignite/concepts.html#state, explanation and usage example are in the tutorial:
+                https://github.com/Project-MONAI/tutorials/blob/master/modules/batch_output_transform.ipynb.
+            save_details: whether to save the correlation of every image into `engine.state.metric_details` with
+                the metric name as key (needed by :class:`PerStructureMetricsSaver`). default to True.
+
+        See also:
+            :py:class:`sparsessp_monai.metrics.PearsonMetric`
+        """
+        metric_fn = PearsonMetric(reduction=reduction)
+        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
+
+
+def _all_gather_strings(strings: list[str]) -> list[str]:
+    """
+    All-gather a list of strings across ranks, concatenated in rank order.
+
+    This is the order :class:`monai.metrics.Cumulative` gathers metric buffers in. Each rank's list travels as one
+    JSON-encoded byte tensor, so that, unlike a delimiter-joined string, a rank with no images adds no entry and a
+    file name may contain any character.
+    """
+    payload = torch.tensor(list(json.dumps(strings).encode("utf-8")), dtype=torch.long)
+    gathered = evenly_divisible_all_gather(payload, concat=False)
+    return [s for g in gathered for s in json.loads(bytes(g.tolist()).decode("utf-8"))]
+
+
+def _task_ids(value: Any, task_key: str) -> list[int]:
+    """Task ids of a (possibly batched) ``task`` entry: a tensor, array, number or sequence of numbers."""
+    try:
+        ids = torch.as_tensor(value).reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"batch['{task_key}'] must hold integer task ids, got {type(value).__name__}.") from e
+    if ids.is_floating_point() and not bool((ids == ids.round()).all()):
+        raise TypeError(f"batch['{task_key}'] must hold integer task ids, got {ids.tolist()}.")
+    return [int(i) for i in ids.tolist()]
+
+
+def _write_csv_atomic(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Write a CSV through a temporary file in the same folder and rename it, so readers never see half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+        # mkstemp creates the file owner-only; a report should be as readable as any other output
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class PerStructureMetricsSaver:
+    """
+    Ignite handler that reports the per-image metric details of an evaluator per structure.
+
+    For every image of every iteration it records the task id (``batch[task_key]``) and the file name (the
+    ``filename_or_obj`` meta of ``batch[image_key]``; ``""`` without meta). At ``EPOCH_COMPLETED`` it reads the
+    per-image values that metric handlers saved with ``save_details=True`` (``engine.state.metric_details``, a
+    ``(N_images, C)`` tensor per metric, averaged over channels here), and
+
+    - puts the mean of each metric per structure into ``engine.state.metrics`` as ``f"{metric}/{structure}"``
+      (e.g. ``"val_r2/dna"``), plus the mean over structures as ``f"{metric}/all"``, so ``StatsHandler`` and
+      ``TensorBoardStatsHandler`` log them;
+    - keeps them in :attr:`per_structure` and the per-image rows in :attr:`per_image`;
+    - on rank 0, logs a table and, when ``save_dir`` is set, writes ``metrics_per_image.csv`` (filename, structure,
+      task, one column per metric) and ``metrics_per_structure.csv`` (structure, n_images, one mean per metric),
+      each written atomically. The latter ends with an ``all`` row, the mean over structures (macro average, as
+      the paper averages per structure), and an ``all_images`` row, the mean over images.
+
+    Means skip NaN (undefined) values, like MONAI's ``not-nan`` reductions; ``n_images`` counts every image.
+    Only structures present in the epoch are reported.
+
+    Both batch layouts are handled: a batch-first dict (``decollate=False`` or a plain Ignite engine) and the list
+    of per-image dicts a MONAI workflow leaves in ``engine.state.batch`` with ``decollate=True``.
+
+    In distributed evaluation (``ignite.distributed`` world size > 1) task ids and file names are gathered across
+    ranks in the order MONAI gathers the metric details (rank after rank), every rank gets the same
+    ``engine.state.metrics`` and only rank 0 logs and writes files. A ``DistributedSampler`` that pads the data to
+    an even split duplicates some images in the metric details; they are reported as they are.
+
+    Note:
+        Attach it after the metrics and *before* ``StatsHandler``/``TensorBoardStatsHandler``: Ignite runs
+        ``EPOCH_COMPLETED`` handlers in attachment order, and the metrics must be computed before this handler
+        reads them, and this handler must run before the loggers read ``engine.state.metrics``. A MONAI workflow
+        attaches its ``key_val_metric``/``additional_metrics`` before its handlers, so list this handler first in
+        ``val_handlers``.
+
+    Args:
+        structures: structure names in task-id order (task id ``i`` is ``structures[i]``). An id outside the list
+            is reported as ``"task_<id>"``.
+        save_dir: folder for the CSV reports (created if needed); None writes no files.
+        metric_names: names of the metrics (as attached to the engine) to report; default: all metrics in
+            ``engine.state.metric_details``.
+        task_key: batch key of the task id.
+        image_key: batch key of the image whose ``filename_or_obj`` meta names the row.
+        name: name of the ``logging`` logger for the summary table.
+        log_level: level of the summary table log record.
+
+    Raises:
+        ValueError: empty or duplicated ``structures``, or a structure named ``"all"``/``"all_images"``.
+    """
+
+    def __init__(
+        self,
+        structures: Sequence[str],
+        save_dir: str | None = None,
+        metric_names: Sequence[str] | None = None,
+        task_key: str = "task",
+        image_key: str = "image",
+        name: str = "PerStructureMetricsSaver",
+        log_level: int = logging.INFO,
+    ) -> None:
+        self.structures = [str(s) for s in structures]
+        if not self.structures:
+            raise ValueError("structures must name at least one structure.")
+        if len(set(self.structures)) != len(self.structures):
+            raise ValueError(f"structures must be unique, got {self.structures}.")
+        reserved = {ALL_STRUCTURES, ALL_IMAGES}.intersection(self.structures)
+        if reserved:
+            raise ValueError(f"structure names {sorted(reserved)} are reserved for the summary rows.")
+        self.save_dir = save_dir
+        self.metric_names = None if metric_names is None else [str(m) for m in metric_names]
+        self.task_key = task_key
+        self.image_key = image_key
+        self.logger = logging.getLogger(name)
+        self.log_level = log_level
+        self._tasks: list[int] = []
+        self._filenames: list[str] = []
+        self.per_image: list[dict[str, Any]] = []
+        self.per_structure: dict[str, dict[str, float]] = {}
+
+    def attach(self, engine: Engine) -> None:
+        """
+        Args:
+            engine: Ignite Engine, usually an evaluator whose metrics save their details.
+        """
+        engine.add_event_handler(Events.EPOCH_STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._record)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _started(self, _engine: Engine) -> None:
+        """Reset the per-image records at the start of every evaluation run."""
+        self._tasks = []
+        self._filenames = []
+
+    def structure_name(self, task: int) -> str:
+        """Structure name of a task id (``"task_<id>"`` for an id outside ``structures``)."""
+        return self.structures[task] if 0 <= task < len(self.structures) else f"task_{task}"
+
+    def _filenames_of(self, data: Mapping, n: int) -> list[str]:
+        """File names of the ``n`` images of one batch-first dict or one per-image dict; ``""`` where unknown."""
+        image = data.get(self.image_key)
+        # MetaTensor meta first; a `<image_key>_meta_dict` entry for pipelines that still carry meta separately
+        meta = image.meta if isinstance(image, MetaTensor) else data.get(PostFix.meta(self.image_key))
+        names = meta.get(Key.FILENAME_OR_OBJ) if isinstance(meta, Mapping) else None
+        if names is None:
+            return [""] * n
+        if isinstance(names, (list, tuple)):
+            # a collated batch carries one name per image; anything else cannot be matched to the images
+            return [f"{s}" for s in names] if len(names) == n else [""] * n
+        return [f"{names}"] * n
+
+    def _record(self, engine: Engine) -> None:
+        """Record the task ids and file names of the images of the current iteration."""
+        batch = engine.state.batch
+        if isinstance(batch, Mapping):
+            items: Sequence[Mapping] = [batch]
+        elif isinstance(batch, (list, tuple)) and all(isinstance(b, Mapping) for b in batch):
+            items = batch  # decollated by a MONAI workflow: one dict per image
+        else:
+            raise TypeError(
+                f"{type(self).__name__} needs dict batches (or a list of per-image dicts), got {type(batch).__name__}."
+            )
+        for item in items:
+            if self.task_key not in item:
+                raise KeyError(f"batch has no '{self.task_key}' entry with the task id; set task_key.")
+            tasks = _task_ids(item[self.task_key], self.task_key)
+            image = item.get(self.image_key)
+            if isinstance(image, torch.Tensor) and isinstance(batch, Mapping) and image.shape[0] != len(tasks):
+                raise ValueError(
+                    f"batch['{self.task_key}'] has {len(tasks)} task ids for {image.shape[0]} images "
+                    f"in batch['{self.image_key}']."
+                )
+            self._tasks.extend(tasks)
+            self._filenames.extend(self._filenames_of(item, len(tasks)))
+
+    def _metric_values(self, engine: Engine, n: int) -> dict[str, torch.Tensor]:
+        """Per-image value ``(n,)`` of every reported metric, averaged over channels, in float64 on the CPU."""
+        details = getattr(engine.state, "metric_details", None) or {}
+        names = list(details) if self.metric_names is None else self.metric_names
+        values: dict[str, torch.Tensor] = {}
+        for name in names:
+            if name not in details:
+                warnings.warn(
+                    f"{type(self).__name__}: no per-image details for metric '{name}' (attach it with "
+                    "save_details=True, before this handler); skipped.",
+                    stacklevel=2,
+                )
+                continue
+            detail = details[name]
+            if not isinstance(detail, torch.Tensor) or detail.ndim == 0:
+                warnings.warn(f"{type(self).__name__}: details of '{name}' are not per-image; skipped.", stacklevel=2)
+                continue
+            v = detail.detach().to(device="cpu", dtype=torch.float64)
+            if v.shape[0] != n:
+                # the metric did not see the same images as this handler (e.g. attached to another engine)
+                warnings.warn(
+                    f"{type(self).__name__}: metric '{name}' has {v.shape[0]} per-image values for {n} recorded "
+                    "images; skipped.",
+                    stacklevel=2,
+                )
+                continue
+            # MONAI stores (N, C): average the channels, skipping NaN channels as its not-nan reductions do
+            values[name] = v.reshape(n, -1).nanmean(dim=1) if v.ndim > 1 else v
+        return values
+
+    def __call__(self, engine: Engine) -> None:
+        """
+        Args:
+            engine: Ignite Engine, usually an evaluator whose metrics save their details.
+        """
+        tasks, filenames = self._tasks, self._filenames
+        # every rank must enter the collectives, so gather before any early return
+        if idist.get_world_size() > 1:
+            tasks = evenly_divisible_all_gather(torch.as_tensor(tasks, dtype=torch.long), concat=True).tolist()
+            filenames = _all_gather_strings(filenames)
+        n = len(tasks)
+        values = self._metric_values(engine, n)
+        structure_of_image = [self.structure_name(t) for t in tasks]
+
+        # report order: task-id order, then ids outside `structures`
+        seen = set(structure_of_image)
+        order = [s for s in self.structures if s in seen]
+        order += sorted(seen.difference(self.structures))
+
+        self.per_image = [
+            {"filename": f, "structure": s, "task": t, **{m: float(v[i]) for m, v in values.items()}}
+            for i, (f, s, t) in enumerate(zip(filenames, structure_of_image, tasks))
+        ]
+        self.per_structure = {}
+        for structure in order:
+            mask = torch.tensor([s == structure for s in structure_of_image], dtype=torch.bool)
+            row: dict[str, float] = {"n_images": int(mask.sum())}
+            row.update({m: float(v[mask].nanmean()) for m, v in values.items()})
+            self.per_structure[structure] = row
+        if order:
+            # macro average: each structure weighs the same whatever its number of images
+            macro = {m: torch.tensor([self.per_structure[s][m] for s in order], dtype=torch.float64) for m in values}
+            self.per_structure[ALL_STRUCTURES] = {"n_images": n, **{m: float(v.nanmean()) for m, v in macro.items()}}
+            self.per_structure[ALL_IMAGES] = {"n_images": n, **{m: float(v.nanmean()) for m, v in values.items()}}
+
+        for structure, row in self.per_structure.items():
+            if structure == ALL_IMAGES:
+                continue  # with a "mean" reduction this equals the metric itself, already in engine.state.metrics
+            for m in values:
+                engine.state.metrics[f"{m}/{structure}"] = row[m]
+
+        if idist.get_rank() == 0:
+            self._log(list(values))
+            if self.save_dir is not None:
+                self._save(list(values))
+
+    def _save(self, metric_names: list[str]) -> None:
+        """Write the per-image and per-structure CSV reports into ``save_dir``."""
+        os.makedirs(self.save_dir, exist_ok=True)  # type: ignore[arg-type]
+        per_image_cols = ["filename", "structure", "task", *metric_names]
+        _write_csv_atomic(
+            os.path.join(self.save_dir, "metrics_per_image.csv"),  # type: ignore[arg-type]
+            per_image_cols,
+            [[r[c] for c in per_image_cols] for r in self.per_image],
+        )
+        _write_csv_atomic(
+            os.path.join(self.save_dir, "metrics_per_structure.csv"),  # type: ignore[arg-type]
+            ["structure", "n_images", *metric_names],
+            [[s, r["n_images"], *(r[m] for m in metric_names)] for s, r in self.per_structure.items()],
+        )
+
+    def _log(self, metric_names: list[str]) -> None:
+        """Log the per-structure means as a small fixed-width table."""
+        if not self.per_structure:
+            self.logger.log(self.log_level, "no images were evaluated, nothing to report per structure.")
+            return
+        width = max(len("structure"), *(len(s) for s in self.per_structure))
+        cols = [max(len(m), 10) for m in metric_names]
+        lines = [f"{'structure':<{width}}  {'n':>5}  " + "  ".join(f"{m:>{w}}" for m, w in zip(metric_names, cols))]
+        for structure, row in self.per_structure.items():
+            cells = "  ".join(f"{row[m]:>{w}.4f}" for m, w in zip(metric_names, cols))
+            lines.append(f"{structure:<{width}}  {row['n_images']:>5d}  {cells}")
+        self.logger.log(self.log_level, "metrics per structure:\n%s", "\n".join(lines))

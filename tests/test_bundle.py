@@ -1,0 +1,260 @@
+"""
+The MONAI bundle end to end: the exact user training command, resume, evaluation, inference on genuinely sparse
+stacks, bad inputs, and the Model Zoo checks (metadata, network in/out, TorchScript export, workflow properties).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+
+import sparsessp_monai
+from sparsessp_monai.bundle_utils import default_bundle_root
+from sparsessp_monai.data import write_sparse_stacks
+from sparsessp_monai.io import read_ome_tiff, write_ome_tiff
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "bundle" / "configs"
+TRAIN = "bundle/configs/train.json"
+SCHEMA = Path(sparsessp_monai.__file__).parent / "schemas" / "meta_schema_20240725.json"
+
+# small and fast, same code paths as the default run
+SMALL = [
+    "--demo#num_per_structure", "2",
+    "--demo#shape", "[32,64,64]",
+    "--patch_size", "[32,32,32]",
+    "--val_roi_size", "[32,64,64]",
+    "--samples_per_volume", "2",
+    "--batch_size", "2",
+    "--val_interval", "1",
+]  # fmt: skip
+
+
+def bundle_cmd(*args: str, cwd: Path = REPO, timeout: int = 400) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def output_of(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run the user's training command once (2 epochs on small demo data) into a temporary bundle root."""
+    root = tmp_path_factory.mktemp("bundle_root")
+    proc = bundle_cmd(
+        "training", "--config_file", TRAIN, "--bundle_root", str(root), "--train#trainer#max_epochs", "2", *SMALL
+    )
+    assert proc.returncode == 0, output_of(proc)[-4000:]
+    return root
+
+
+def test_training_command_writes_checkpoints_and_metrics_under_bundle_root(trained: Path) -> None:
+    models = trained / "models"
+    for name in ("model.pt", "checkpoint_final.pt", "checkpoint_epoch=2.pt"):
+        assert (models / name).is_file(), name
+    assert (trained / "data" / "demo" / "datalist.json").is_file()
+    with open(trained / "eval" / "metrics_per_structure.csv") as f:
+        rows = {r["structure"]: r for r in csv.DictReader(f)}
+    assert set(sparsessp_monai.data.STRUCTURES) <= set(rows)
+    assert all(math.isfinite(float(rows[s]["val_r2"])) for s in rows)
+    # the best-metric model is a plain state dict that loads on CPU into the network of the config
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(models / "model.pt", map_location="cpu", weights_only=True))
+
+
+def test_resume_continues_from_the_last_interval_checkpoint(trained: Path, tmp_path: Path) -> None:
+    root = tmp_path / "resumed"
+    (root / "models").mkdir(parents=True)
+    os.link(trained / "models" / "checkpoint_epoch=2.pt", root / "models" / "checkpoint_epoch=2.pt")
+    os.symlink(trained / "data", root / "data")
+    proc = bundle_cmd(
+        "training", "--config_file", TRAIN, "--bundle_root", str(root), "--resume", "true",
+        "--train#trainer#max_epochs", "3", *SMALL,
+    )  # fmt: skip
+    out = output_of(proc)
+    assert proc.returncode == 0, out[-4000:]
+    assert "resuming from" in out
+    assert "Epoch: 1/3" not in out and "Epoch: 3/3" in out
+    assert (root / "models" / "checkpoint_epoch=3.pt").is_file()
+
+
+def test_evaluate_writes_per_image_and_per_structure_csv(trained: Path) -> None:
+    proc = bundle_cmd(
+        "evaluating",
+        "--config_file",
+        "['bundle/configs/train.json','bundle/configs/evaluate.json']",
+        "--bundle_root",
+        str(trained),
+        *SMALL,
+    )
+    assert proc.returncode == 0, output_of(proc)[-4000:]
+    with open(trained / "eval" / "metrics_per_image.csv") as f:
+        images = list(csv.DictReader(f))
+    assert len(images) == len(sparsessp_monai.data.STRUCTURES)  # one validation image per structure
+    assert {"filename", "structure", "val_r2", "val_mse", "val_mae", "val_pearson"} <= set(images[0])
+
+
+@pytest.fixture(scope="module")
+def sparse_inputs(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("sparse")
+    write_sparse_stacks(trained / "data" / "demo" / "datalist.json", folder, ratio=4)
+    return folder
+
+
+def infer(root: Path, inputs: Path, *extra: str) -> subprocess.CompletedProcess:
+    return bundle_cmd(
+        "inference", "--config_file", "bundle/configs/inference.json", "--bundle_root", str(root),
+        "--dataset_dir", str(inputs), "--roi_size", "[32,64,64]", *extra,
+    )  # fmt: skip
+
+
+def test_inference_on_genuinely_sparse_stacks_writes_full_grid_predictions(trained: Path, sparse_inputs: Path) -> None:
+    out = trained / "predictions"
+    proc = infer(trained, sparse_inputs, "--predict_structures", "['dna','membrane']", "--output_dir", str(out))
+    assert proc.returncode == 0, output_of(proc)[-4000:]
+    inputs = sorted(sparse_inputs.glob("*.ome.tif"))
+    assert len(list(out.glob("*.ome.tif"))) == 2 * len(inputs)
+    sparse, sparse_meta = read_ome_tiff(inputs[0])
+    pred, meta = read_ome_tiff(out / inputs[0].name.replace(".ome.tif", "_dna.ome.tif"))
+    assert sparse.shape[1] == 8 and sparse_meta["spacing_zyx"][0] == pytest.approx(1.16)
+    assert pred.shape == (1, 32, 64, 64)
+    assert meta["spacing_zyx"] == pytest.approx((0.29, 0.29, 0.29))
+    assert meta["channel_names"] == ["dna"]
+    assert np.isfinite(pred).all()
+    assert not list(trained.glob(".predictions.staging-*"))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--predict_structures", "['golgi']"], "unknown structure name"),
+        (["--ratio", "2"], "ratio 2 was configured"),
+    ],
+)
+def test_inference_rejects_bad_requests_without_writing(trained: Path, sparse_inputs: Path, extra, message) -> None:
+    out = trained / "out_bad"
+    proc = infer(trained, sparse_inputs, "--output_dir", str(out), *extra)
+    assert proc.returncode != 0
+    assert message in output_of(proc)
+    assert not out.exists()
+    assert not list(trained.glob(".out_bad.staging-*")), "staged outputs of a failed run must be removed"
+
+
+def test_inference_fails_whole_on_a_bad_file_and_leaves_no_partial_output(
+    trained: Path, sparse_inputs: Path, tmp_path: Path
+) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    good = sorted(sparse_inputs.glob("*.ome.tif"))[0]
+    (inputs / "a_good.ome.tif").write_bytes(good.read_bytes())
+    data, _ = read_ome_tiff(good)
+    data = data.astype(np.float32)
+    data[0, 3, 5, 5] = np.nan
+    write_ome_tiff(inputs / "b_nan.ome.tif", data, spacing_zyx=(1.16, 0.29, 0.29))
+    out = tmp_path / "predictions"
+    proc = infer(trained, inputs, "--output_dir", str(out), "--predict_structures", "['dna']")
+    assert proc.returncode != 0
+    assert "NaN" in output_of(proc)
+    assert not out.exists(), "the good file's prediction must not be published by a failed run"
+    (inputs / "b_nan.ome.tif").write_bytes(b"not a tiff")
+    proc = infer(trained, inputs, "--output_dir", str(out), "--predict_structures", "['dna']")
+    assert proc.returncode != 0
+    assert "b_nan.ome.tif" in output_of(proc)
+    assert not out.exists()
+
+
+def test_metadata_verifies_offline_against_the_shipped_schema() -> None:
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
+
+
+def test_zoo_checks_net_in_out_and_torchscript_export(trained: Path, tmp_path: Path) -> None:
+    config, meta = str(CONFIGS / "train.json"), str(CONFIGS / "metadata.json")
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=meta,
+        config_file=config,
+        device="cpu",
+        n=4,
+        extra_forward_args={"task": torch.tensor([1])},
+    )
+    exported = tmp_path / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(exported),
+        ckpt_file=str(trained / "models" / "model.pt"),
+        meta_file=meta,
+        config_file=config,
+    )
+    scripted = torch.jit.load(str(exported), map_location="cpu")
+    parser = ConfigParser()
+    parser.read_config(config)
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True))
+    net.eval()
+    x, task = torch.randn(1, 1, 32, 64, 64), torch.tensor([3])
+    with torch.no_grad():
+        assert torch.allclose(scripted(x, task), net(x, task), atol=1e-5)
+
+
+def workflow(workflow_type: str, config: str, **override) -> ConfigWorkflow:
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / config),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type=workflow_type,
+        **override,
+    )
+    wf.initialize()
+    return wf
+
+
+def test_config_workflows_have_every_property_and_run(trained: Path, sparse_inputs: Path) -> None:
+    small = {"demo#num_per_structure": 2, "demo#shape": [32, 64, 64], "patch_size": [32, 32, 32]}
+    train = workflow("train", "train.json", bundle_root=str(trained), **small, val_roi_size=[32, 64, 64])
+    assert not train.check_properties()
+    assert train.max_epochs == 30 and train.bundle_root == str(trained)
+
+    out = trained / "workflow_predictions"
+    infer_wf = workflow(
+        "infer",
+        "inference.json",
+        bundle_root=str(trained),
+        dataset_dir=str(sparse_inputs),
+        roi_size=[32, 64, 64],
+        predict_structures=["nucleoli"],
+        output_dir=str(out),
+    )
+    assert not infer_wf.check_properties()
+    infer_wf.run()
+    infer_wf.finalize()
+    assert len(list(out.glob("*_nucleoli.ome.tif"))) == len(list(sparse_inputs.glob("*.ome.tif")))
+
+
+def test_bundle_root_follows_the_config_file_not_the_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = ["monai.bundle", "run", "training", "--config_file", str(tmp_path / "b" / "configs" / "train.json")]
+    assert default_bundle_root(argv) == str(tmp_path / "b")
+    monkeypatch.chdir(tmp_path)
+    merged = ["x", "--config_file", "['bundle/configs/train.json','bundle/configs/evaluate.json']"]
+    assert default_bundle_root(merged) == str(tmp_path / "bundle")
+    assert default_bundle_root(["python", "script.py"]) == str(REPO / "bundle")
