@@ -8,7 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["default_bundle_root", "latest_checkpoint"]
+import torch
+
+__all__ = ["as_bool", "default_bundle_root", "fast_bf16", "latest_checkpoint"]
 
 _SOURCE_BUNDLE = Path(__file__).resolve().parent.parent / "bundle"
 
@@ -48,10 +50,48 @@ def default_bundle_root(argv: Sequence[str] | None = None) -> str:
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> str | None:
-    """The newest resumable checkpoint in ``ckpt_dir`` (``checkpoint_epoch=N.pt``, highest N), or ``None``."""
-    best, best_epoch = None, -1
+    """The most recently written resumable checkpoint ``checkpoint_epoch=N.pt`` in ``ckpt_dir``, or ``None``.
+
+    Recency (then N) decides, so a fresh run into a folder left by an older, longer run resumes and keeps its own
+    newest checkpoint rather than the older run's higher epoch number.
+    """
+    found = []
     for path in Path(ckpt_dir).glob("*checkpoint_epoch=*.pt"):
         match = re.search(r"epoch=(\d+)\.pt$", path.name)
-        if match and int(match.group(1)) > best_epoch:
-            best, best_epoch = str(path), int(match.group(1))
-    return best
+        if match:
+            found.append((path.stat().st_mtime_ns, int(match.group(1)), str(path)))
+    return max(found)[2] if found else None
+
+
+def as_bool(value: object) -> bool:
+    """A config flag as a bool; command-line overrides arrive as strings (``--resume false`` is ``"false"``).
+
+    Raises:
+        ValueError: a string that is not a recognised truth value.
+    """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off", "none", ""):
+            return False
+        raise ValueError(f"expected a boolean flag (true/false), got {value!r}.")
+    return bool(value)
+
+
+def fast_bf16(device: str | torch.device) -> bool:
+    """Whether bf16 autocast is likely to speed up ``device``: a CUDA GPU with bf16 support, or a CPU with native
+    bf16 instructions (AVX512-BF16 or AMX). Elsewhere bf16 is emulated and slower than fp32.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    if torch.backends.cpu.get_cpu_capability() == "AMX":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-from sparsessp_monai.bundle_utils import latest_checkpoint
+from sparsessp_monai.bundle_utils import as_bool, latest_checkpoint
 
 __all__ = ["ResumableCheckpoint"]
 
@@ -46,7 +48,7 @@ class ResumableCheckpoint:
         self.save_dir = str(save_dir)
         self.save_dict = dict(save_dict)
         self.save_interval = int(save_interval)
-        self.resume = bool(resume)
+        self.resume = as_bool(resume)
         self.map_location = map_location
         self.final_filename = final_filename
         self.resumed_from: str | None = None
@@ -60,7 +62,7 @@ class ResumableCheckpoint:
             if self.resumed_from is None:
                 self.logger.info(f"resume requested but no checkpoint in {self.save_dir}: training from scratch.")
             else:
-                self.logger.info(f"resuming from {self.resumed_from}")
+                self.logger.info(f"resuming training from {self.resumed_from}")
                 CheckpointLoader(self.resumed_from, objects, map_location=self.map_location).attach(engine)
         CheckpointSaver(
             self.save_dir,
@@ -71,3 +73,13 @@ class ResumableCheckpoint:
             save_final=True,
             final_filename=self.final_filename,
         ).attach(engine)
+        # the saver keeps one file of its own run; a resumed run must also drop the file it resumed from
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self._drop_older_checkpoints)
+
+    def _drop_older_checkpoints(self, engine: Engine) -> None:
+        if idist.get_rank() != 0:
+            return
+        newest = latest_checkpoint(self.save_dir)
+        for path in Path(self.save_dir).glob("*checkpoint_epoch=*.pt"):
+            if str(path) != newest and re.search(r"epoch=\d+\.pt$", path.name):
+                path.unlink(missing_ok=True)

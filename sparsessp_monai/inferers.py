@@ -7,6 +7,8 @@ from typing import Any, Callable
 import torch
 from monai.inferers import Inferer
 
+from sparsessp_monai.bundle_utils import as_bool
+
 __all__ = ["AutocastInferer"]
 
 
@@ -25,7 +27,7 @@ class AutocastInferer(Inferer):
 
     def __init__(self, inferer: Inferer, enabled: bool = True, dtype: torch.dtype | str = torch.bfloat16) -> None:
         self.inferer = inferer
-        self.enabled = bool(enabled)
+        self.enabled = as_bool(enabled)
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -6,6 +6,7 @@ stacks, bad inputs, and the Model Zoo checks (metadata, network in/out, TorchScr
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import subprocess
@@ -18,7 +19,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
 import sparsessp_monai
-from sparsessp_monai.bundle_utils import default_bundle_root
+from sparsessp_monai.bundle_utils import as_bool, default_bundle_root
 from sparsessp_monai.data import write_sparse_stacks
 from sparsessp_monai.io import read_ome_tiff, write_ome_tiff
 
@@ -94,9 +95,19 @@ def test_resume_continues_from_the_last_interval_checkpoint(trained: Path, tmp_p
     )  # fmt: skip
     out = output_of(proc)
     assert proc.returncode == 0, out[-4000:]
-    assert "resuming from" in out
+    assert "resuming training from" in out
     assert "Epoch: 1/3" not in out and "Epoch: 3/3" in out
     assert (root / "models" / "checkpoint_epoch=3.pt").is_file()
+    assert not (root / "models" / "checkpoint_epoch=2.pt").exists(), "only the newest interval checkpoint is kept"
+
+    # "--resume false" typed on the command line arrives as a string and must mean no
+    proc = bundle_cmd(
+        "training", "--config_file", TRAIN, "--bundle_root", str(root), "--resume", "false",
+        "--train#trainer#max_epochs", "1", *SMALL,
+    )  # fmt: skip
+    assert proc.returncode == 0, output_of(proc)[-4000:]
+    assert "resuming training from" not in output_of(proc)
+    assert (root / "models" / "checkpoint_epoch=1.pt").is_file()
 
 
 def test_evaluate_writes_per_image_and_per_structure_csv(trained: Path) -> None:
@@ -233,7 +244,8 @@ def test_config_workflows_have_every_property_and_run(trained: Path, sparse_inpu
     small = {"demo#num_per_structure": 2, "demo#shape": [32, 64, 64], "patch_size": [32, 32, 32]}
     train = workflow("train", "train.json", bundle_root=str(trained), **small, val_roi_size=[32, 64, 64])
     assert not train.check_properties()
-    assert train.max_epochs == 30 and train.bundle_root == str(trained)
+    configured = json.loads((CONFIGS / "train.json").read_text())["train"]["trainer"]["max_epochs"]
+    assert train.max_epochs == configured and train.bundle_root == str(trained)
 
     out = trained / "workflow_predictions"
     infer_wf = workflow(
@@ -249,6 +261,13 @@ def test_config_workflows_have_every_property_and_run(trained: Path, sparse_inpu
     infer_wf.run()
     infer_wf.finalize()
     assert len(list(out.glob("*_nucleoli.ome.tif"))) == len(list(sparse_inputs.glob("*.ome.tif")))
+
+
+def test_as_bool_reads_command_line_flags() -> None:
+    assert [as_bool(v) for v in ("true", "True", "1", "yes", True, 1)] == [True] * 6
+    assert [as_bool(v) for v in ("false", "False", "0", "no", "", False, 0, None)] == [False] * 8
+    with pytest.raises(ValueError, match="boolean flag"):
+        as_bool("maybe")
 
 
 def test_bundle_root_follows_the_config_file_not_the_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
