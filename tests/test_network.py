@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from sparsessp_monai.networks import TOPOLOGIES, SparseSSPNet
+from sparsessp_monai.networks import TOPOLOGIES, ChannelMix3d, SparseSSPNet
 
 SMALL = {"features_3d": (4, 8, 16), "features_2d": (16, 32, 64)}
 
@@ -96,3 +96,14 @@ def test_default_network_is_light() -> None:
 def test_bad_configurations_and_inputs_raise(make, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_channel_mix_equals_a_1x1x1_convolution() -> None:
+    torch.manual_seed(0)
+    mix = ChannelMix3d(16, 3)
+    conv = torch.nn.Conv3d(16, 3, kernel_size=1)
+    with torch.no_grad():
+        conv.weight.copy_(mix.weight.reshape(3, 16, 1, 1, 1))
+        conv.bias.copy_(mix.bias)
+    x = torch.randn(2, 16, 4, 8, 8)
+    assert torch.allclose(mix(x), conv(x), atol=1e-5)

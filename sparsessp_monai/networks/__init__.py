@@ -1,6 +1,7 @@
 """Networks: the mixed-dimension SparseSSP network and its blocks."""
 
 from sparsessp_monai.networks.blocks import (
+    ChannelMix3d,
     ChannelToDepth,
     DepthToChannel,
     DynamicHead,
@@ -13,6 +14,7 @@ from sparsessp_monai.networks.sparsessp_net import TOPOLOGIES, SparseSSPNet
 
 __all__ = [
     "TOPOLOGIES",
+    "ChannelMix3d",
     "ChannelToDepth",
     "DepthToChannel",
     "DynamicHead",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import Convolution
+from monai.networks.blocks import ADN, Convolution
 from torch import nn
 
 __all__ = [
+    "ChannelMix3d",
     "ChannelToDepth",
     "DepthToChannel",
     "DynamicHead",
@@ -40,6 +41,36 @@ class ChannelToDepth(nn.Module):
         return x.reshape(x.shape[0], x.shape[1] // self.depth, self.depth, x.shape[2], x.shape[3])
 
 
+class ChannelMix3d(nn.Module):
+    """
+    1x1x1 convolution of a 3D feature map written as a channel matmul, followed by MONAI's norm/act (``ADN``).
+
+    PyTorch's CPU backend sends 1x1x1 ``Conv3d`` with few output channels to a slow generic kernel (about 20x slower
+    than this einsum for ``16 -> 1`` channels at 32x128x128); the arithmetic is identical.
+
+    Input ``(B, in_channels, D, H, W)``, output ``(B, out_channels, D, H, W)``.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        act, norm: as in :class:`monai.networks.blocks.Convolution`; ``None`` for a bare projection.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, act=None, norm=None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        # same initialisation as a 1x1x1 Conv3d (kaiming-uniform with a=sqrt(5) on fan_in = in_channels)
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        bound = 1 / in_channels**0.5
+        nn.init.uniform_(self.bias, -bound, bound)
+        self.adn = ADN(ordering="NDA", in_channels=out_channels, act=act, norm=norm, norm_dim=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.einsum("oc,bcdhw->bodhw", self.weight, x) + self.bias.reshape(1, -1, 1, 1, 1)
+        return self.adn(y)
+
+
 class Fold3dTo2d(nn.Module):
     """
     Bridge a 3D feature map to a 2D one ("depth-to-channel" with an embedding to a common width).
@@ -63,9 +94,7 @@ class Fold3dTo2d(nn.Module):
         super().__init__()
         if embedding == "3d":
             per_slice = max(1, -(-width // depth))
-            self.project = nn.Sequential(
-                Convolution(3, in_channels, per_slice, kernel_size=1, act=act, norm=norm), DepthToChannel()
-            )
+            self.project = nn.Sequential(ChannelMix3d(in_channels, per_slice, act=act, norm=norm), DepthToChannel())
             self.out_channels = per_slice * depth
         elif embedding == "2d":
             self.project = nn.Sequential(
@@ -103,7 +132,7 @@ class Unfold2dTo3d(nn.Module):
                     "of the depth; change the 2D widths or use embedding='2d'."
                 )
             self.project = nn.Sequential(
-                ChannelToDepth(depth), Convolution(3, in_channels // depth, width, kernel_size=1, act=act, norm=norm)
+                ChannelToDepth(depth), ChannelMix3d(in_channels // depth, width, act=act, norm=norm)
             )
         else:
             raise ValueError(f"embedding must be '3d' or '2d', got {embedding!r}.")

@@ -9,6 +9,7 @@ from monai.networks.blocks import Convolution, UpSample
 from torch import nn
 
 from sparsessp_monai.networks.blocks import (
+    ChannelMix3d,
     ChannelToDepth,
     DepthToChannel,
     DynamicHead,
@@ -76,7 +77,10 @@ class _StaticHead(nn.Module):
 
     def __init__(self, dims: int, in_ch: int, out_ch: int):
         super().__init__()
-        self.conv = Convolution(dims, in_ch, out_ch, kernel_size=1, conv_only=True)
+        if dims == 3:
+            self.conv = ChannelMix3d(in_ch, out_ch)
+        else:
+            self.conv = Convolution(dims, in_ch, out_ch, kernel_size=1, conv_only=True)
 
     def forward(self, x: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
         return self.conv(x)
