@@ -1,4 +1,4 @@
-"""Data utilities for SparseSSP: the synthetic demo dataset generator."""
+"""Data utilities for SparseSSP: the synthetic demo dataset generator and AllenCell / RepMode data preparation."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .allencell import import_repmode_pth, prepare_allencell
     from .sparse_stacks import write_sparse_stacks
     from .synthetic_cells import (
         GENERATOR_VERSION,
@@ -26,6 +27,8 @@ _LAZY = {
     "make_sample": "synthetic_cells",
     "make_sample_all_structures": "synthetic_cells",
     "write_sparse_stacks": "sparse_stacks",
+    "prepare_allencell": "allencell",
+    "import_repmode_pth": "allencell",
 }
 
 __all__ = [
@@ -33,8 +36,10 @@ __all__ = [
     "SPACING_ZYX_UM",
     "STRUCTURES",
     "generate_demo_dataset",
+    "import_repmode_pth",
     "make_sample",
     "make_sample_all_structures",
+    "prepare_allencell",
     "write_sparse_stacks",
 ]
 

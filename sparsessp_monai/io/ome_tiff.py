@@ -404,6 +404,7 @@ class TiffReader(ImageReader):
         - ``spatial_shape``: (Z, Y, X).
         - ``spacing_zyx``: float array (sz, sy, sx) in micrometres; unknown entries are 1.0.
         - ``spacing_known``: False when any of the three sizes is missing from the file (it is then 1.0 above).
+        - ``spacing_known_zyx``: bool array, which of (sz, sy, sx) the file records.
         - ``channel_names``: list of C strings, ``""`` for an unnamed channel (never None, so batches collate).
         - ``axes``: the axes of the image series as stored in the file.
 
@@ -487,6 +488,7 @@ class TiffReader(ImageReader):
                 MetaKeys.ORIGINAL_CHANNEL_DIM: 0,
                 "spacing_zyx": spacing,
                 "spacing_known": all(s is not None for s in raw_spacing),
+                "spacing_known_zyx": np.asarray([s is not None for s in raw_spacing], dtype=bool),
                 "axes": vol.meta["axes"],
             }
             if not first:
@@ -501,6 +503,7 @@ class TiffReader(ImageReader):
                 )
             else:
                 first["spacing_known"] = first["spacing_known"] and header["spacing_known"]
+                first["spacing_known_zyx"] = first["spacing_known_zyx"] & header["spacing_known_zyx"]
             arrays.append(vol.array)
             names.extend(vol.meta["channel_names"] or [""] * n_channels)
         data = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
@@ -586,6 +589,7 @@ class OmeTiffWriter(ImageWriter):
             channel_names=channel_names,
             affine=None,
             spacing_known=True,
+            spacing_known_zyx=None,
             meta_channel_names=None,
             **kwargs,
         )
@@ -647,6 +651,9 @@ class OmeTiffWriter(ImageWriter):
         meta = meta_dict or {}
         # after collation/decollation the flag may arrive as a 0-d tensor or array rather than a bool
         self.spacing_known = bool(np.all(convert_data_type(meta.get("spacing_known", True), np.ndarray)[0]))
+        per_axis = meta.get("spacing_known_zyx")
+        per_axis = None if per_axis is None else np.asarray(convert_data_type(per_axis, np.ndarray)[0]).reshape(-1)
+        self.spacing_known_zyx = per_axis.astype(bool) if per_axis is not None and per_axis.size == 3 else None
         names = meta.get("channel_names")
         self.meta_channel_names = [str(n) for n in names] if isinstance(names, (list, tuple)) else None
 
@@ -675,7 +682,11 @@ class OmeTiffWriter(ImageWriter):
         affine = np.eye(4) if self.affine is None else self.affine
         spacing = [float(s) for s in affine_to_spacing(affine, r=3)]
         sizes: list[float | None] = list(spacing)
-        if not self.spacing_known and np.allclose(spacing, 1.0):
+        if self.spacing_known_zyx is not None:
+            # per-axis flags from TiffReader: a size the input file did not record stays unrecorded, whatever
+            # value a resampling step gave it (e.g. 1/ratio after rebuilding the Z grid)
+            sizes = [s if known else None for s, known in zip(spacing, self.spacing_known_zyx)]
+        elif not self.spacing_known and np.allclose(spacing, 1.0):
             sizes = [None, None, None]
         write_ome_tiff(filename, data, sizes, self._resolve_channel_names(data.shape[0]))
 
