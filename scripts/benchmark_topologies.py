@@ -2,7 +2,8 @@
 Benchmark the four SparseSSPNet topologies on one patch: parameters, GFLOP, train-step and inference time, peak RSS.
 
 Every (topology, precision) runs in its own subprocess so that peak RSS belongs to that configuration alone.
-Prints a Markdown table; medians over ``--repeats`` timed runs after ``--warmup`` untimed ones.
+Prints a Markdown table; medians over ``--repeats`` timed runs after ``--warmup`` untimed ones. CPU only and a
+quick look; ``scripts/benchmark.py`` is the full benchmark (config-built model, full-volume time, CUDA, files).
 
     python scripts/benchmark_topologies.py                      # 1x1x32x128x128, r=4, fp32 and bf16
     python scripts/benchmark_topologies.py --precisions fp32 --topologies 3to2d 3d
@@ -12,19 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
-import subprocess
 import sys
-import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from sparsessp_monai import benchmarking as bm
+from sparsessp_monai.benchmarking import REFERENCE_GFLOP
 from sparsessp_monai.networks import TOPOLOGIES, SparseSSPNet
-
-# the SparseSSP reference implementation needs this many GFLOP per 32x128x128 patch (forward)
-REFERENCE_GFLOP = 476.0
 
 
 def build(args: argparse.Namespace, topology: str) -> SparseSSPNet:
@@ -40,51 +35,24 @@ def build(args: argparse.Namespace, topology: str) -> SparseSSPNet:
 
 
 def measure(args: argparse.Namespace, topology: str, precision: str) -> dict:
-    """Measure one configuration in this process."""
+    """Measure one configuration in this process (shared helpers of :mod:`sparsessp_monai.benchmarking`)."""
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
     net = build(args, topology)
     in_depth = args.depth // args.ratio if args.z_mapping == "suffix" else args.depth
     x = torch.randn(args.batch, 1, in_depth, args.size, args.size)
     target = torch.randn(args.batch, 1, args.depth, args.size, args.size)
     task = torch.zeros(args.batch, dtype=torch.long) if args.num_tasks else None
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net(x, task)
-    gflop = counter.get_total_flops() / 1e9 / args.batch
-
-    opt = torch.optim.Adam(net.parameters(), 1e-4)
-
-    def train_step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with autocast:
-            loss = torch.nn.functional.mse_loss(net(x, task).float(), target)
-        loss.backward()
-        opt.step()
-
-    def infer() -> None:
-        with torch.inference_mode(), autocast:
-            net(x, task)
-
-    timings = {}
-    for name, fn in (("train_s", train_step), ("infer_s", infer)):
-        net.train(name == "train_s")
-        for _ in range(args.warmup):
-            fn()
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        timings[name] = statistics.median(times)
+    gflop = bm.count_gflop(net, x, task)
+    timings = bm.time_patch(net, x, target, task, precision, args.warmup, args.repeats)
     return {
         "topology": topology,
         "precision": precision,
         "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
         "gflop": gflop,
         **timings,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": bm.peak_memory_mib(device),
     }
 
 
@@ -117,11 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     for topology in args.topologies:
         for precision in args.precisions:
             cmd = [sys.executable, __file__, *passthrough, "--worker", topology, precision]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if out.returncode:
-                sys.stderr.write(out.stderr)
-                return out.returncode
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            try:
+                rows.append(bm.run_worker(cmd))
+            except RuntimeError as exc:
+                sys.stderr.write(f"{exc}\n")
+                return 1
     print(
         f"Patch {args.batch}x1x{args.depth}x{args.size}x{args.size}, r={args.ratio}, z-mapping {args.z_mapping}, "
         f"features_3d={args.features_3d}, features_2d={args.features_2d}, {args.threads} threads, "

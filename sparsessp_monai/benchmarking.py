@@ -1,0 +1,329 @@
+"""
+Shared pieces of the speed benchmarks (``scripts/benchmark.py``, ``scripts/benchmark_topologies.py``): building
+the bundle's network from its config, timing a train step / a forward pass / a full-volume sliding-window
+prediction, GFLOP counting, peak memory, running one measurement per fresh subprocess, and Markdown/CSV/PNG output.
+
+Every timing is the median of ``repeats`` runs after ``warmup`` untimed ones; on CUDA the device is synchronised
+around each run so the time covers the kernels and not just their launch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = [
+    "REFERENCE_GFLOP",
+    "atomic_write_text",
+    "bar_chart_png",
+    "build_network",
+    "count_gflop",
+    "load_config",
+    "markdown_table",
+    "median_time",
+    "peak_memory_mib",
+    "reset_peak_memory",
+    "resolve_device",
+    "run_worker",
+    "time_full_volume",
+    "time_patch",
+    "write_csv",
+]
+
+REFERENCE_GFLOP = 476.0
+"""GFLOP of one 32x128x128 forward pass of the SparseSSP reference implementation (from its paper)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available) as a device; CUDA without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {name!r}.")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but torch.cuda.is_available() is False.")
+    return torch.device(name)
+
+
+def load_config(config_file: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Any:
+    """A :class:`monai.bundle.ConfigParser` of a bundle config with ``{id: value}`` overrides applied."""
+    from monai.bundle import ConfigParser
+
+    path = Path(config_file)
+    if not path.is_file():
+        raise ValueError(f"config file not found: {path}")
+    parser = ConfigParser()
+    parser.read_config(str(path))
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    return parser
+
+
+def build_network(
+    config_file: str | os.PathLike, overrides: dict[str, Any] | None = None, net_id: str = "network_def"
+) -> torch.nn.Module:
+    """Instantiate the network definition ``net_id`` of a bundle config, so benchmarks follow the config."""
+    net = load_config(config_file, overrides).get_parsed_content(net_id, instantiate=True)
+    if not isinstance(net, torch.nn.Module):
+        raise ValueError(f"config id {net_id!r} does not define a torch.nn.Module (got {type(net).__name__}).")
+    return net
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall time in seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """bf16 autocast for ``precision == "bf16"``, a disabled context for ``"fp32"``."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}.")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def count_gflop(net: torch.nn.Module, *inputs: Any) -> float:
+    """GFLOP of one forward pass (``torch.utils.flop_counter``; a multiply-add counts as 2 FLOP) per batch item."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(*inputs)
+    return counter.get_total_flops() / 1e9 / int(inputs[0].shape[0])
+
+
+def time_patch(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    task: torch.Tensor | None,
+    precision: str,
+    warmup: int = 2,
+    repeats: int = 5,
+    lr: float = 1e-4,
+) -> dict[str, float]:
+    """Median time of one Adam train step (MSE loss) and of one inference forward pass on a patch."""
+    device = x.device
+    opt = torch.optim.Adam(net.parameters(), lr)
+    cast = autocast(device, precision)
+
+    def train_step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with cast:
+            loss = torch.nn.functional.mse_loss(net(x, task).float(), target)
+        loss.backward()
+        opt.step()
+
+    def infer() -> None:
+        with torch.inference_mode(), cast:
+            net(x, task)
+
+    net.train()
+    train_s = median_time(train_step, device, warmup, repeats)
+    net.eval()
+    infer_s = median_time(infer, device, warmup, repeats)
+    return {"train_s": train_s, "infer_s": infer_s}
+
+
+def time_full_volume(
+    net: torch.nn.Module,
+    sparse: torch.Tensor,
+    task: torch.Tensor | None,
+    precision: str,
+    roi_size: Sequence[int],
+    overlap: float,
+    sw_batch_size: int = 2,
+    prefix_mode: str = "trilinear",
+    warmup: int = 1,
+    repeats: int = 3,
+) -> float:
+    """
+    Median time to predict a full volume from its sparse stack: prefix resampling to the full grid, then a
+    Gaussian-weighted :class:`~monai.inferers.SlidingWindowInferer` under bf16 autocast or fp32.
+
+    Args:
+        net: network in eval mode on the target device.
+        sparse: channel-first sparse stack ``(C, Z/r, Y, X)`` as a MetaTensor from ``SubsampleZ`` (on the device).
+        task: task ids for a conditioned network, else ``None``.
+        precision: ``"fp32"`` or ``"bf16"``.
+        roi_size: sliding-window size ``(Z, Y, X)``.
+        overlap: sliding-window overlap, as in the inference config.
+        sw_batch_size: windows per forward pass.
+        prefix_mode: z-mapping interpolation of :class:`~sparsessp_monai.transforms.PrefixResampleZ`.
+        warmup: untimed runs.
+        repeats: timed runs.
+    """
+    from monai.inferers import SlidingWindowInferer
+
+    from sparsessp_monai.inferers import AutocastInferer
+    from sparsessp_monai.transforms import PrefixResampleZ
+
+    inferer = AutocastInferer(
+        SlidingWindowInferer(roi_size=list(roi_size), sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian"),
+        enabled=precision == "bf16",
+    )
+    resample = PrefixResampleZ(mode=prefix_mode)
+
+    def predict() -> torch.Tensor:
+        with torch.inference_mode():
+            full = resample(sparse)
+            return inferer(full[None], net, task)
+
+    net.eval()
+    return median_time(predict, sparse.device, warmup, repeats)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new CUDA peak; the CPU RSS high-water mark cannot be reset, hence one subprocess per measurement."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory in MiB: ``torch.cuda.max_memory_allocated`` on CUDA, the process' RSS high-water mark on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is KiB on Linux, bytes on macOS
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def run_worker(cmd: Sequence[str], timeout: float | None = None) -> dict:
+    """Run ``cmd`` in a fresh process and return the JSON object printed on its last stdout line.
+
+    Raises:
+        RuntimeError: the worker failed; its stderr is part of the message.
+    """
+    out = subprocess.run(list(cmd), capture_output=True, text=True, check=False, timeout=timeout)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode or not lines:
+        raise RuntimeError(f"benchmark worker failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-4000:]}")
+    return json.loads(lines[-1])
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
+    """A GitHub Markdown table; ``align`` is one character per column (``l`` or ``r``), default left then right."""
+    align = align or ("l" + "r" * (len(header) - 1))
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(sep) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, so a crash leaves no partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
+    """Write dict rows (union of their keys as columns, first-seen order) as CSV, atomically."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())
+
+
+_PALETTE = [(66, 133, 244), (234, 67, 53), (251, 188, 5), (52, 168, 83), (154, 80, 200), (0, 172, 193)]
+
+
+def bar_chart_png(
+    path: str | os.PathLike,
+    groups: Sequence[str],
+    series: dict[str, Sequence[float]],
+    title: str,
+    ylabel: str,
+) -> str:
+    """
+    Grouped bar chart: one group per entry of ``groups``, one bar per series. Uses matplotlib when installed
+    (labelled axes); otherwise draws plain bars with numpy and :func:`sparsessp_monai.io.write_png` (colours in
+    ``series`` order, groups left to right, no text). Returns ``"matplotlib"`` or ``"plain"``.
+    """
+    path = Path(path)
+    names = list(series)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        plt = None
+    if plt is not None:
+        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) * max(1, len(names)) / 2), 4))
+        width = 0.8 / max(1, len(names))
+        xs = np.arange(len(groups))
+        for i, name in enumerate(names):
+            ax.bar(xs + i * width - 0.4 + width / 2, series[name], width, label=name)
+        ax.set_xticks(xs, groups, rotation=20)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, dpi=100)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+            plt.close(fig)
+        return "matplotlib"
+
+    from sparsessp_monai.io import write_png
+
+    height, bar_w, gap = 240, 18, 14
+    values = np.array([[float(series[n][g]) for n in names] for g in range(len(groups))], dtype=float)
+    vmax = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
+    width = gap + len(groups) * (len(names) * bar_w + gap)
+    img = np.full((height + 10, width, 3), 255, dtype=np.uint8)
+    img[height, :] = 0  # baseline
+    for g in range(len(groups)):
+        x0 = gap + g * (len(names) * bar_w + gap)
+        for i in range(len(names)):
+            v = values[g, i]
+            if not np.isfinite(v) or vmax <= 0:
+                continue
+            h = max(1, round(height * v / vmax))
+            img[height - h : height, x0 + i * bar_w : x0 + (i + 1) * bar_w - 2] = _PALETTE[i % len(_PALETTE)]
+    write_png(path, img)
+    return "plain"
