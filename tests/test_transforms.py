@@ -148,3 +148,13 @@ def test_dictionary_pipeline_and_random_phase() -> None:
 def test_bad_inputs_raise_clear_errors(make, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["nearest", "trilinear", "hold"])
+def test_subsample_and_prefix_resample_on_cuda_match_cpu(mode):
+    volume = torch.rand(1, 16, 8, 8)
+    expected = PrefixResampleZ(mode=mode)(SubsampleZ(ratio=4)(volume))
+    got = PrefixResampleZ(mode=mode)(SubsampleZ(ratio=4)(volume.cuda()))
+    assert got.device.type == "cuda"
+    torch.testing.assert_close(got.cpu(), expected.cpu() if isinstance(expected, torch.Tensor) else expected)

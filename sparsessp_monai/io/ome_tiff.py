@@ -330,8 +330,11 @@ def read_ome_tiff(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
             series = tif.series[0]
             stored_axes = series.axes
             # unsqueezed axes keep singleton Z/C/T, so a one-slice OME volume is still recognised as having a Z axis
-            full_axes = series.get_axes(squeeze=False)
-            data = series.asarray().reshape(series.get_shape(squeeze=False))
+            if hasattr(series, "get_axes"):
+                full_axes, full_shape = series.get_axes(squeeze=False), series.get_shape(squeeze=False)
+            else:  # tifffile before 2023.7 only exposes the squeezed axes
+                full_axes, full_shape = series.axes, series.shape
+            data = series.asarray().reshape(full_shape)
             spacing, names = _tiff_spacing(tif)
     except ValueError as exc:
         # tifffile's own errors (TiffFileError is a ValueError) do not always name the file

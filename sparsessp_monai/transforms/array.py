@@ -139,7 +139,7 @@ class SubsampleZ(Transform):
         if offset >= full_depth:
             raise ValueError(f"offset {offset} is outside a depth of {full_depth} slices.")
         indices = tuple(range(offset, full_depth, self.ratio))
-        out = t.index_select(self.axis + 1, torch.tensor(indices, dtype=torch.int64))
+        out = t.index_select(self.axis + 1, torch.tensor(indices, dtype=torch.int64, device=t.device))
         if isinstance(out, MetaTensor):
             out.meta = dict(out.meta)  # never mutate the input's meta dict
             out.affine = _axis_scale_affine(out.affine, self.axis, float(self.ratio), float(offset))
@@ -241,6 +241,8 @@ class PrefixResampleZ(Transform):
                 f"reach index {last}, beyond a target depth of {full_depth}."
             )
         lo, hi, w = z_resample_plan(n, ratio, offset, full_depth, self.mode)
+        # the plan is built on the CPU; the volume may live on a GPU
+        lo, hi = lo.to(t.device), hi.to(t.device)
         dim = axis + 1
         if w is None:
             out = t.index_select(dim, lo)
@@ -248,7 +250,7 @@ class PrefixResampleZ(Transform):
             src = t if t.is_floating_point() else t.float()
             shape = [1] * src.ndim
             shape[dim] = full_depth
-            w = w.to(src.dtype).reshape(shape)
+            w = w.to(device=src.device, dtype=src.dtype).reshape(shape)
             out = src.index_select(dim, lo) * (1 - w) + src.index_select(dim, hi) * w
         if isinstance(out, MetaTensor):
             out.meta = dict(out.meta)
