@@ -35,11 +35,24 @@ def z_strides(depth: int, levels: int) -> list[int]:
     return strides
 
 
+def _cpu_bf16_depth2(x: torch.Tensor, out_depth: int) -> bool:
+    """Whether a 3D convolution block would see depth 2 under CPU bf16 autocast.
+
+    PyTorch's CPU kernel (checked on 2.13) returns garbage weight gradients (up to 1e36, then inf) for a bf16 3x3x3
+    ``Conv3d`` whose input has depth 2 and 32 or more channels; blocks that meet depth 2 run in fp32 instead. Other
+    depths, the forward pass and CUDA are unaffected.
+    """
+    if x.device.type != "cpu" or x.dim() != 5 or not torch.is_autocast_enabled("cpu"):
+        return False
+    return torch.get_autocast_dtype("cpu") == torch.bfloat16 and (x.shape[2] == 2 or out_depth == 2)
+
+
 class _EncoderLevel(nn.Module):
     """A strided 3x3(x3) convolution (or the stem at level 0) followed by one more 3x3(x3) convolution."""
 
     def __init__(self, dims: int, in_ch: int, out_ch: int, stride: Sequence[int] | int, act, norm, stem: bool):
         super().__init__()
+        self.z_stride = int(stride[0]) if isinstance(stride, Sequence) else int(stride)
         if stem:
             # full resolution: one conv only; the costly 3D work happens at lower resolutions
             self.block = Convolution(dims, in_ch, out_ch, kernel_size=3, act=act, norm=norm)
@@ -50,6 +63,15 @@ class _EncoderLevel(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # exported models run without autocast
+            return self.block(x)
+        return self._eager_forward(x)
+
+    @torch.jit.unused
+    def _eager_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _cpu_bf16_depth2(x, -(-x.shape[2] // self.z_stride)):
+            with torch.autocast("cpu", enabled=False):
+                return self.block(x.float())
         return self.block(x)
 
 
@@ -68,8 +90,18 @@ class _DecoderLevel(nn.Module):
         self.condition = condition
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
-        x = self.conv(torch.cat([self.up(x), skip], dim=1))
+        if torch.jit.is_scripting():  # exported models run without autocast
+            x = self.conv(torch.cat([self.up(x), skip], dim=1))
+        else:
+            x = self._eager_convs(x, skip)
         return self.condition(x, task)
+
+    @torch.jit.unused
+    def _eager_convs(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        if _cpu_bf16_depth2(skip, skip.shape[2] if skip.dim() == 5 else 0):
+            with torch.autocast("cpu", enabled=False):
+                return self.conv(torch.cat([self.up(x.float()), skip.float()], dim=1))
+        return self.conv(torch.cat([self.up(x), skip], dim=1))
 
 
 class _StaticHead(nn.Module):
@@ -277,6 +309,13 @@ class SparseSSPNet(nn.Module):
             raise ValueError(f"task ids must be in [0, {self.num_tasks}).")
         return task
 
+    @torch.jit.unused
+    def _eager_bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        if _cpu_bf16_depth2(x, x.shape[2] if x.dim() == 5 else 0):
+            with torch.autocast("cpu", enabled=False):
+                return self.bottleneck(x.float())
+        return self.bottleneck(x)
+
     def forward(self, x: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
         """Predict ``(B, out_channels, depth, H, W)`` from ``x`` and the optional task ids ``(B,)`` (or ``(1,)``)."""
         task = self._check_inputs(x, task)
@@ -285,7 +324,11 @@ class SparseSSPNet(nn.Module):
         for encode, bridge in zip(self.encoder, self.bridges):
             h = encode(h)
             skips.append(bridge(h))
-        y = self.bottleneck_condition(self.bottleneck(skips[-1]), task)
+        if torch.jit.is_scripting():  # exported models run without autocast
+            y = self.bottleneck(skips[-1])
+        else:
+            y = self._eager_bottleneck(skips[-1])
+        y = self.bottleneck_condition(y, task)
         for i, decode in enumerate(self.decoder):
             y = decode(y, skips[self.levels - 2 - i], task)
         y = self.head(y, task)
