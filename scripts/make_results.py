@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from sparsessp_monai.benchmarking import atomic_write_text  # noqa: E402
+from sparsessp_monai.fileio import atomic_write_text  # noqa: E402
 
 SECTIONS = (("benchmark", "Speed and memory"), ("study", "Accuracy study"))
 DEVICES = ("cpu", "cuda")
@@ -62,6 +62,12 @@ def build(docs: Path) -> str:
             lines.append(f"## {title}, {device}{note}\n")
             lines.append(f"Source: `{path.name}`.\n")
             lines.append(demote(path.read_text(encoding="utf-8")))
+    # hand-run checks on a lent GPU machine (CI has none), kept as their own report
+    gpu = docs / "gpu_check.md"
+    if gpu.is_file():
+        lines.append("## GPU check\n")
+        lines.append(f"Source: `{gpu.name}`.\n")
+        lines.append(demote(gpu.read_text(encoding="utf-8")))
     return "\n".join(lines)
 
 

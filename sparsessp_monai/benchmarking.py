@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from sparsessp_monai.fileio import atomic_write_text
+
 __all__ = [
     "REFERENCE_GFLOP",
     "atomic_write_text",
@@ -234,21 +236,6 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: 
     return "\n".join(lines) + "\n"
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, so a crash leaves no partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
     """Write dict rows (union of their keys as columns, first-seen order) as CSV, atomically."""
     columns: list[str] = []
@@ -303,6 +290,7 @@ def bar_chart_png(
         os.close(fd)
         try:
             fig.savefig(tmp, dpi=100)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)

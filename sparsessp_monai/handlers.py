@@ -31,11 +31,9 @@ Bundle evaluator example::
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -46,6 +44,7 @@ from monai.handlers.ignite_metric import IgniteMetricHandler
 from monai.utils import IgniteInfo, MetricReduction, PostFix, evenly_divisible_all_gather, min_version, optional_import
 from monai.utils import ImageMetaKey as Key
 
+from sparsessp_monai.fileio import atomic_write_text, csv_text
 from sparsessp_monai.metrics import PearsonMetric, R2Metric
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -156,21 +155,8 @@ def _task_ids(value: Any, task_key: str) -> list[int]:
 
 
 def _write_csv_atomic(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Write a CSV through a temporary file in the same folder and rename it, so readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            writer.writerows(rows)
-        # mkstemp creates the file owner-only; a report should be as readable as any other output
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write a CSV atomically (readers never see half a file)."""
+    atomic_write_text(path, csv_text(header, rows))
 
 
 class PerStructureMetricsSaver:

@@ -18,12 +18,10 @@ the acquired ones exactly) and ``all`` = every thin slice.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +32,7 @@ from monai.metrics import MAEMetric, PSNRMetric, SSIMMetric
 from monai.utils import IgniteInfo, min_version, optional_import
 
 from sparsessp_monai.ct.transforms import _placement_from_meta, _window_of, acquired_mask
+from sparsessp_monai.fileio import atomic_write_text, csv_text
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
@@ -225,16 +224,8 @@ class ThinSliceComparison:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _atomic_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    atomic_write_text(path, csv_text(fields, [[row.get(f, "") for f in fields] for row in rows]))
