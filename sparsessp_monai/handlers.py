@@ -154,11 +154,6 @@ def _task_ids(value: Any, task_key: str) -> list[int]:
     return [int(i) for i in ids.tolist()]
 
 
-def _write_csv_atomic(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Write a CSV atomically (readers never see half a file)."""
-    atomic_write_text(path, csv_text(header, rows))
-
-
 class PerStructureMetricsSaver:
     """
     Ignite handler that reports the per-image metric details of an evaluator per structure.
@@ -374,15 +369,17 @@ class PerStructureMetricsSaver:
         """Write the per-image and per-structure CSV reports into ``save_dir``."""
         os.makedirs(self.save_dir, exist_ok=True)  # type: ignore[arg-type]
         per_image_cols = ["filename", "structure", "task", *metric_names]
-        _write_csv_atomic(
+        # atomic, so readers never see half a report
+        atomic_write_text(
             os.path.join(self.save_dir, "metrics_per_image.csv"),  # type: ignore[arg-type]
-            per_image_cols,
-            [[r[c] for c in per_image_cols] for r in self.per_image],
+            csv_text(per_image_cols, [[r[c] for c in per_image_cols] for r in self.per_image]),
         )
-        _write_csv_atomic(
+        atomic_write_text(
             os.path.join(self.save_dir, "metrics_per_structure.csv"),  # type: ignore[arg-type]
-            ["structure", "n_images", *metric_names],
-            [[s, r["n_images"], *(r[m] for m in metric_names)] for s, r in self.per_structure.items()],
+            csv_text(
+                ["structure", "n_images", *metric_names],
+                [[s, r["n_images"], *(r[m] for m in metric_names)] for s, r in self.per_structure.items()],
+            ),
         )
 
     def _log(self, metric_names: list[str]) -> None:

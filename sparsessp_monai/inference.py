@@ -23,7 +23,7 @@ from monai.transforms import MapTransform, SaveImage
 from monai.utils import convert_data_type
 
 from sparsessp_monai.bundle_utils import as_bool
-from sparsessp_monai.io import OmeTiffWriter, ome_tiff_name_formatter, save_projection_preview
+from sparsessp_monai.io import OmeTiffWriter, known_spacing_axes, ome_tiff_name_formatter, save_projection_preview
 from sparsessp_monai.transforms.array import _check_ratio, ratio_from_z_steps
 
 __all__ = [
@@ -74,9 +74,9 @@ def build_inference_datalist(
 
 def _z_step_known(img: MetaTensor, axis: int) -> bool:
     """Whether the file recorded the spacing of ``axis`` (TiffReader's per-axis flags; other readers: always)."""
-    per_axis = img.meta.get("spacing_known_zyx")
-    if per_axis is not None:
-        return bool(np.asarray(convert_data_type(per_axis, np.ndarray)[0]).reshape(-1)[axis])
+    known = known_spacing_axes(img.meta)
+    if known is not None:
+        return bool(known[axis])
     return img.meta.get("spacing_known") is not False
 
 
@@ -161,9 +161,8 @@ class ResolveZRatiod(MapTransform):
         norm = float(torch.linalg.norm(column))
         affine[:3, self.axis] = column / (norm if norm > 0 else 1.0) * z_step
         img.affine = affine
-        per_axis = img.meta.get("spacing_known_zyx")
-        if per_axis is not None:
-            known = np.array(np.asarray(convert_data_type(per_axis, np.ndarray)[0]).reshape(-1), dtype=bool)
+        known = known_spacing_axes(img.meta)
+        if known is not None:
             known[self.axis] = True
             img.meta["spacing_known_zyx"] = known
             img.meta["spacing_known"] = bool(known.all())
@@ -316,9 +315,9 @@ class SavePredictiond(MapTransform):
 
 
 def _spacing_known(img: MetaTensor) -> bool:
-    per_axis = img.meta.get("spacing_known_zyx")
-    if per_axis is not None:
-        return bool(np.all(convert_data_type(per_axis, np.ndarray)[0]))
+    known = known_spacing_axes(img.meta)
+    if known is not None:
+        return bool(known.all())
     return bool(np.all(convert_data_type(img.meta.get("spacing_known", True), np.ndarray)[0]))
 
 

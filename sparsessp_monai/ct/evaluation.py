@@ -214,17 +214,13 @@ class ThinSliceComparison:
             for m in methods
         ]
         _atomic_csv(self.save_dir / f"{self.prefix}_summary.csv", list(table[0]), table)
-        _atomic_write(self.save_dir / f"{self.prefix}_summary.json", json.dumps(summary, indent=2))
+        atomic_write_text(self.save_dir / f"{self.prefix}_summary.json", json.dumps(summary, indent=2))
         for base in self.baselines:
             self.logger.info(
                 f"PSNR model - {base}: {summary[f'psnr_missing_model_minus_{base}']:+.3f} dB on missing slices, "
                 f"{summary[f'psnr_all_model_minus_{base}']:+.3f} dB on all slices ({len(self.rows)} volume(s))"
             )
         return summary
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
 
 
 def _atomic_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "TIFF_SUFFIXES",
     "OmeTiffWriter",
     "TiffReader",
+    "known_spacing_axes",
     "ome_tiff_name_formatter",
     "read_ome_tiff",
     "spacing_to_affine",
@@ -392,6 +393,19 @@ class _TiffVolume:
     filename: str
 
 
+def known_spacing_axes(meta: Mapping) -> np.ndarray | None:
+    """Which of (sz, sy, sx) the source file recorded, from :class:`TiffReader`'s ``spacing_known_zyx``.
+
+    The flags may arrive as a list, array or (after collation) tensor. Returns a bool array of three, or ``None``
+    when the meta has no per-axis flags (other readers).
+    """
+    flags = meta.get("spacing_known_zyx")
+    if flags is None:
+        return None
+    flags = np.asarray(convert_data_type(flags, np.ndarray)[0]).reshape(-1)
+    return flags.astype(bool) if flags.size == 3 else None
+
+
 class TiffReader(ImageReader):
     """
     MONAI image reader for 3D TIFF volumes (``.tif``, ``.tiff``, ``.ome.tif``, ``.ome.tiff``).
@@ -654,9 +668,7 @@ class OmeTiffWriter(ImageWriter):
         meta = meta_dict or {}
         # after collation/decollation the flag may arrive as a 0-d tensor or array rather than a bool
         self.spacing_known = bool(np.all(convert_data_type(meta.get("spacing_known", True), np.ndarray)[0]))
-        per_axis = meta.get("spacing_known_zyx")
-        per_axis = None if per_axis is None else np.asarray(convert_data_type(per_axis, np.ndarray)[0]).reshape(-1)
-        self.spacing_known_zyx = per_axis.astype(bool) if per_axis is not None and per_axis.size == 3 else None
+        self.spacing_known_zyx = known_spacing_axes(meta)
         names = meta.get("channel_names")
         self.meta_channel_names = [str(n) for n in names] if isinstance(names, (list, tuple)) else None
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from monai.networks.blocks import Convolution, UpSample
@@ -35,16 +35,26 @@ def z_strides(depth: int, levels: int) -> list[int]:
     return strides
 
 
-def _cpu_bf16_depth2(x: torch.Tensor, out_depth: int) -> bool:
-    """Whether a 3D convolution block would see depth 2 under CPU bf16 autocast.
+def _run_3d_block(
+    block: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], depths: Sequence[int]
+) -> torch.Tensor:
+    """Run ``block(*inputs)``, in fp32 when it is a 3D block meeting depth 2 under CPU bf16 autocast (eager only).
 
     PyTorch's CPU kernel (checked on 2.13) returns garbage weight gradients (up to 1e36, then inf) for a bf16 3x3x3
-    ``Conv3d`` whose input has depth 2 and 32 or more channels; blocks that meet depth 2 run in fp32 instead. Other
-    depths, the forward pass and CUDA are unaffected.
+    ``Conv3d`` whose input has depth 2 and 32 or more channels. ``depths`` are the depths the block's convolutions
+    see. Other depths, the forward pass and CUDA are unaffected.
     """
-    if x.device.type != "cpu" or x.dim() != 5 or not torch.is_autocast_enabled("cpu"):
-        return False
-    return torch.get_autocast_dtype("cpu") == torch.bfloat16 and (x.shape[2] == 2 or out_depth == 2)
+    x = inputs[0]
+    if (
+        x.device.type == "cpu"
+        and x.dim() == 5
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and 2 in depths
+    ):
+        with torch.autocast("cpu", enabled=False):
+            return block(*(t.float() for t in inputs))
+    return block(*inputs)
 
 
 class _EncoderLevel(nn.Module):
@@ -69,10 +79,7 @@ class _EncoderLevel(nn.Module):
 
     @torch.jit.unused
     def _eager_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _cpu_bf16_depth2(x, -(-x.shape[2] // self.z_stride)):
-            with torch.autocast("cpu", enabled=False):
-                return self.block(x.float())
-        return self.block(x)
+        return _run_3d_block(self.block, [x], [x.shape[2], -(-x.shape[2] // self.z_stride)])
 
 
 class _DecoderLevel(nn.Module):
@@ -91,17 +98,18 @@ class _DecoderLevel(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
         if torch.jit.is_scripting():  # exported models run without autocast
-            x = self.conv(torch.cat([self.up(x), skip], dim=1))
+            x = self._up_and_convs(skip, x)
         else:
             x = self._eager_convs(x, skip)
         return self.condition(x, task)
 
+    def _up_and_convs(self, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([self.up(x), skip], dim=1))
+
     @torch.jit.unused
     def _eager_convs(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        if _cpu_bf16_depth2(skip, skip.shape[2] if skip.dim() == 5 else 0):
-            with torch.autocast("cpu", enabled=False):
-                return self.conv(torch.cat([self.up(x.float()), skip.float()], dim=1))
-        return self.conv(torch.cat([self.up(x), skip], dim=1))
+        # the convolutions run at the skip's depth
+        return _run_3d_block(self._up_and_convs, [skip, x], [skip.shape[2]])
 
 
 class _StaticHead(nn.Module):
@@ -311,10 +319,7 @@ class SparseSSPNet(nn.Module):
 
     @torch.jit.unused
     def _eager_bottleneck(self, x: torch.Tensor) -> torch.Tensor:
-        if _cpu_bf16_depth2(x, x.shape[2] if x.dim() == 5 else 0):
-            with torch.autocast("cpu", enabled=False):
-                return self.bottleneck(x.float())
-        return self.bottleneck(x)
+        return _run_3d_block(self.bottleneck, [x], [x.shape[2]])
 
     def forward(self, x: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
         """Predict ``(B, out_channels, depth, H, W)`` from ``x`` and the optional task ids ``(B,)`` (or ``(1,)``)."""
