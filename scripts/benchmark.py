@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from sparsessp_monai import benchmarking as bm  # noqa: E402
+from sparsessp_monai.experiments import benchmarking as bm  # noqa: E402
 from sparsessp_monai.networks import TOPOLOGIES  # noqa: E402
 
 DEFAULT_TOPOLOGY = "3to2d"
@@ -168,7 +168,7 @@ def measure_bf16_accuracy(args: argparse.Namespace, checkpoint: str, device: tor
     from monai.data import Dataset
     from monai.inferers import SlidingWindowInferer
 
-    from sparsessp_monai.inferers import AutocastInferer
+    from sparsessp_monai.engines.inferers import AutocastInferer
     from sparsessp_monai.metrics import compute_r2
 
     parser = bm.load_config(args.config, config_overrides(args))

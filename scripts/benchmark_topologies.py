@@ -17,8 +17,8 @@ import sys
 
 import torch
 
-from sparsessp_monai import benchmarking as bm
-from sparsessp_monai.benchmarking import REFERENCE_GFLOP
+from sparsessp_monai.experiments import benchmarking as bm
+from sparsessp_monai.experiments.benchmarking import REFERENCE_GFLOP
 from sparsessp_monai.networks import TOPOLOGIES, SparseSSPNet
 
 
@@ -35,7 +35,7 @@ def build(args: argparse.Namespace, topology: str) -> SparseSSPNet:
 
 
 def measure(args: argparse.Namespace, topology: str, precision: str) -> dict:
-    """Measure one configuration in this process (shared helpers of :mod:`sparsessp_monai.benchmarking`)."""
+    """Measure one configuration in this process (shared helpers of :mod:`sparsessp_monai.experiments.benchmarking`)."""
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")

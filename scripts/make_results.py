@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from sparsessp_monai.fileio import atomic_write_text  # noqa: E402
+from sparsessp_monai.io.publish import atomic_write_text  # noqa: E402
 
 SECTIONS = (("benchmark", "Speed and memory"), ("study", "Accuracy study"))
 DEVICES = ("cpu", "cuda")

@@ -1,6 +1,6 @@
 """
 Train every SparseSSP variant with the same data, seed and budget, evaluate at r = 1, 2, 4, 8, and check the
-paper's claims (library: :mod:`sparsessp_monai.study`).
+paper's claims (library: :mod:`sparsessp_monai.experiments.study`).
 
 Writes ``<out>/study_<device>.csv`` and ``.md`` (command and date at the top). Results of finished variants are
 cached in ``<out>/study_<device>_cache.json``: a killed run continues where it stopped (``--fresh`` ignores it).
@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from sparsessp_monai import benchmarking as bm  # noqa: E402
 from sparsessp_monai import study  # noqa: E402
-from sparsessp_monai.bundle_utils import fast_bf16  # noqa: E402
+from sparsessp_monai.engines.bundle_utils import fast_bf16  # noqa: E402
+from sparsessp_monai.experiments import benchmarking as bm  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

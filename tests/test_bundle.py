@@ -19,8 +19,8 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
 import sparsessp_monai
-from sparsessp_monai.bundle_utils import as_bool, default_bundle_root
 from sparsessp_monai.data import write_sparse_stacks
+from sparsessp_monai.engines.bundle_utils import as_bool, default_bundle_root
 from sparsessp_monai.io import read_ome_tiff, write_ome_tiff
 
 REPO = Path(__file__).resolve().parent.parent

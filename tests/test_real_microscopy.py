@@ -27,8 +27,9 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
 from sparsessp_monai.data.allencell import prepare_allencell, resample_xy, zscore
-from sparsessp_monai.inference import PublishOutputs, ResolveZRatiod
+from sparsessp_monai.handlers import PublishOutputs
 from sparsessp_monai.io import read_ome_tiff, spacing_to_affine, write_ome_tiff
+from sparsessp_monai.transforms import ResolveZRatiod
 
 REPO = Path(__file__).resolve().parent.parent
 STARDIST = REPO.parent / "shared" / "data" / "microscopy" / "stardist_img3d.tif"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparsessp_monai import benchmarking as bm
-from sparsessp_monai.study import Variant, check_claims, default_variants, macro_scores
+from sparsessp_monai.experiments import benchmarking as bm
+from sparsessp_monai.experiments.study import Variant, check_claims, default_variants, macro_scores
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"

@@ -4,8 +4,7 @@ used by the ``bundle/configs/ct_*.json`` configs.
 """
 
 from sparsessp_monai.ct.data import NIFTI_SUFFIXES, ct_datalist, write_sparse_nifti
-from sparsessp_monai.ct.evaluation import METRICS, SUBSETS, ThinSliceComparison, reconstruction_scores
-from sparsessp_monai.ct.networks import ResidualSparseSSP
+from sparsessp_monai.ct.evaluation import METRICS, SUBSETS, reconstruction_scores
 from sparsessp_monai.ct.transforms import (
     MODALITIES,
     RESAMPLE_MODES,
@@ -33,8 +32,6 @@ __all__ = [
     "CubicResampleZd",
     "InverseWindowd",
     "KeepAcquiredSlicesd",
-    "ResidualSparseSSP",
-    "ThinSliceComparison",
     "ThinSliceResampled",
     "WindowIntensityd",
     "acquired_mask",

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from sparsessp_monai.transforms.array import _check_ratio
+from sparsessp_monai.transforms.array import check_ratio
 
 __all__ = ["NIFTI_SUFFIXES", "ct_datalist", "write_sparse_nifti"]
 
@@ -89,7 +89,7 @@ def write_sparse_nifti(
     """
     import nibabel as nib
 
-    ratio = _check_ratio(ratio)
+    ratio = check_ratio(ratio)
     if not isinstance(items, (list, tuple)):
         items = [{"image": str(f)} for f in _nifti_files(Path(items))]
     out = Path(out_dir)

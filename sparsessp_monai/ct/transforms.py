@@ -23,9 +23,9 @@ from monai.utils import convert_to_dst_type
 from sparsessp_monai.transforms.array import (
     SPARSE_Z_KEY,
     PrefixResampleZ,
-    _axis_scale_affine,
-    _check_axis,
-    _check_ratio,
+    axis_scale_affine,
+    check_axis,
+    check_ratio,
     validate_volume,
 )
 
@@ -157,7 +157,7 @@ class CubicResampleZ(Transform):
         out = torch.movedim(torch.tensordot(m.to(plain.dtype), torch.movedim(plain, dim, 0), dims=1), 0, dim)
         if isinstance(t, MetaTensor):
             out = MetaTensor(out, meta=dict(t.meta), applied_operations=list(t.applied_operations))
-            out.affine = _axis_scale_affine(t.affine, axis, 1.0 / ratio, -offset / ratio)
+            out.affine = axis_scale_affine(t.affine, axis, 1.0 / ratio, -offset / ratio)
             out.meta.pop(SPARSE_Z_KEY, None)
             out.meta["sparse_z_ratio"] = ratio
             out.meta["sparse_z_offset"] = offset
@@ -194,7 +194,7 @@ class ThinSliceResampled(MapTransform):
             raise ValueError(f"mode must be one of {RESAMPLE_MODES}, got {mode!r}.")
         self.mode = mode
         self.ratio = ratio
-        self.kwargs = {"target_depth": target_depth, "offset": offset, "axis": _check_axis(axis)}
+        self.kwargs = {"target_depth": target_depth, "offset": offset, "axis": check_axis(axis)}
         self.ratio_key = ratio_key
         self.min_slices = int(min_slices)
 
@@ -223,7 +223,7 @@ class ThinSliceResampled(MapTransform):
 class CubicResampleZd(ThinSliceResampled):
     """Dictionary version of :class:`CubicResampleZ`: :class:`ThinSliceResampled` with ``mode="cubic"``;
     ``ratio_key`` names an entry holding the ratio of a genuinely sparse stack (as written by
-    :class:`~sparsessp_monai.inference.ResolveZRatiod`)."""
+    :class:`~sparsessp_monai.transforms.ResolveZRatiod`)."""
 
     backend = CubicResampleZ.backend
 
@@ -340,7 +340,7 @@ class WindowIntensityd(MapTransform):
         return d
 
 
-def _window_of(img: Any, default: Sequence[float] | None) -> tuple[float, float]:
+def window_of(img: Any, default: Sequence[float] | None) -> tuple[float, float]:
     win = img.meta.get(WINDOW_KEY) if isinstance(img, MetaTensor) else None
     if win is None:
         win = default
@@ -369,7 +369,7 @@ class InverseWindowd(MapTransform):
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            lo, hi = _window_of(d[key], self.window)
+            lo, hi = window_of(d[key], self.window)
             x = d[key].clamp(0.0, 1.0) if self.clip else d[key]
             d[key] = x * (hi - lo) + lo
         return d
@@ -377,12 +377,12 @@ class InverseWindowd(MapTransform):
 
 def acquired_mask(depth: int, ratio: int, offset: int) -> torch.Tensor:
     """Boolean ``(depth,)``: True at the acquired slices ``offset, offset + ratio, ...`` of the thin grid."""
-    ratio = _check_ratio(ratio)
+    ratio = check_ratio(ratio)
     z = torch.arange(depth)
     return (z >= offset) & ((z - offset) % ratio == 0)
 
 
-def _placement_from_meta(img: Any) -> tuple[int, int]:
+def placement_from_meta(img: Any) -> tuple[int, int]:
     meta = img.meta if isinstance(img, MetaTensor) else {}
     if "sparse_z_ratio" not in meta:
         raise ValueError(f"{_name(img)}: no 'sparse_z_ratio' meta; resample the sparse stack with this package first.")
@@ -405,12 +405,12 @@ class KeepAcquiredSlicesd(MapTransform):
     def __init__(self, keys: KeysCollection, ref_key: str = "image", axis: int = 0) -> None:
         super().__init__(keys)
         self.ref_key = ref_key
-        self.axis = _check_axis(axis)
+        self.axis = check_axis(axis)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         ref = d[self.ref_key]
-        ratio, offset = _placement_from_meta(ref)
+        ratio, offset = placement_from_meta(ref)
         dim = self.axis + 1
         idx = torch.nonzero(acquired_mask(int(ref.shape[dim]), ratio, offset)).reshape(-1)
         for key in self.key_iterator(d):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .allencell import import_repmode_pth, prepare_allencell
+    from .inputs import INPUT_SUFFIXES, build_inference_datalist
     from .sparse_stacks import write_sparse_stacks
     from .synthetic_cells import (
         GENERATOR_VERSION,
@@ -27,14 +28,18 @@ _LAZY = {
     "make_sample": "synthetic_cells",
     "make_sample_all_structures": "synthetic_cells",
     "write_sparse_stacks": "sparse_stacks",
+    "INPUT_SUFFIXES": "inputs",
+    "build_inference_datalist": "inputs",
     "prepare_allencell": "allencell",
     "import_repmode_pth": "allencell",
 }
 
 __all__ = [
     "GENERATOR_VERSION",
+    "INPUT_SUFFIXES",
     "SPACING_ZYX_UM",
     "STRUCTURES",
+    "build_inference_datalist",
     "generate_demo_dataset",
     "import_repmode_pth",
     "make_sample",

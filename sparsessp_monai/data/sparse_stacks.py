@@ -34,9 +34,9 @@ def write_sparse_stacks(
         ``out_dir`` as a string.
     """
     from sparsessp_monai.io import read_ome_tiff, write_ome_tiff
-    from sparsessp_monai.transforms.array import _check_ratio
+    from sparsessp_monai.transforms.array import check_ratio
 
-    ratio = _check_ratio(ratio)
+    ratio = check_ratio(ratio)
     datalist_file = Path(datalist_file)
     out = Path(out_dir)
     record = {"datalist": str(datalist_file.resolve()), "ratio": ratio, "split": split, "offset": offset}

@@ -10,6 +10,7 @@ from sparsessp_monai.networks.blocks import (
     TaskFiLM,
     Unfold2dTo3d,
 )
+from sparsessp_monai.networks.residual import ResidualSparseSSP
 from sparsessp_monai.networks.sparsessp_net import TOPOLOGIES, SparseSSPNet
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "DynamicHead",
     "Fold3dTo2d",
     "NoCondition",
+    "ResidualSparseSSP",
     "SparseSSPNet",
     "TaskFiLM",
     "Unfold2dTo3d",

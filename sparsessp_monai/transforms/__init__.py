@@ -20,6 +20,8 @@ from sparsessp_monai.transforms.dictionary import (
     SubsampleZd,
     SubsampleZDict,
 )
+from sparsessp_monai.transforms.ratio import ResolveZRatiod
+from sparsessp_monai.transforms.save import SavePredictiond
 
 __all__ = [
     "SPARSE_Z_KEY",
@@ -30,6 +32,8 @@ __all__ = [
     "RandSubsampleZD",
     "RandSubsampleZDict",
     "RandSubsampleZd",
+    "ResolveZRatiod",
+    "SavePredictiond",
     "StructureToTaskd",
     "SubsampleZ",
     "SubsampleZD",

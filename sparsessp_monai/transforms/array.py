@@ -52,7 +52,7 @@ def validate_volume(img: NdarrayOrTensor, name: str = "image") -> torch.Tensor:
     return t
 
 
-def _check_ratio(ratio: Any) -> int:
+def check_ratio(ratio: Any) -> int:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, np.integer)):
         if isinstance(ratio, float) and ratio.is_integer():
             ratio = int(ratio)
@@ -63,7 +63,7 @@ def _check_ratio(ratio: Any) -> int:
     return int(ratio)
 
 
-def _check_axis(axis: int) -> int:
+def check_axis(axis: int) -> int:
     if axis not in (0, 1, 2):
         raise ValueError(f"axis must be a spatial axis 0, 1 or 2 of a (C, S0, S1, S2) volume, got {axis!r}.")
     return int(axis)
@@ -92,7 +92,7 @@ def ratio_from_z_steps(z_step: float, target_z_step: float, rtol: float = 1e-3) 
     return int(nearest)
 
 
-def _axis_scale_affine(affine: torch.Tensor, axis: int, scale: float, shift: float) -> torch.Tensor:
+def axis_scale_affine(affine: torch.Tensor, axis: int, scale: float, shift: float) -> torch.Tensor:
     """Affine of a grid whose voxel ``i`` along ``axis`` is voxel ``shift + scale * i`` of the old grid."""
     t = torch.eye(affine.shape[0], dtype=torch.float64)
     t[axis, axis] = scale
@@ -118,8 +118,8 @@ class SubsampleZ(Transform):
     backend = [torch.Tensor, np.ndarray]
 
     def __init__(self, ratio: int, offset: int = 0, axis: int = 0) -> None:
-        self.ratio = _check_ratio(ratio)
-        self.axis = _check_axis(axis)
+        self.ratio = check_ratio(ratio)
+        self.axis = check_axis(axis)
         if not 0 <= int(offset) < self.ratio:
             raise ValueError(f"offset must be in [0, ratio={self.ratio}), got {offset}.")
         self.offset = int(offset)
@@ -142,7 +142,7 @@ class SubsampleZ(Transform):
         out = t.index_select(self.axis + 1, torch.tensor(indices, dtype=torch.int64, device=t.device))
         if isinstance(out, MetaTensor):
             out.meta = dict(out.meta)  # never mutate the input's meta dict
-            out.affine = _axis_scale_affine(out.affine, self.axis, float(self.ratio), float(offset))
+            out.affine = axis_scale_affine(out.affine, self.axis, float(self.ratio), float(offset))
             out.meta[SPARSE_Z_KEY] = {
                 "ratio": self.ratio,
                 "offset": offset,
@@ -200,15 +200,15 @@ class PrefixResampleZ(Transform):
         if ratio is None and z_step is not None and target_z_step is not None:
             ratio = ratio_from_z_steps(z_step, target_z_step)
         elif ratio is not None and z_step is not None and target_z_step is not None:
-            if ratio_from_z_steps(z_step, target_z_step) != _check_ratio(ratio):
+            if ratio_from_z_steps(z_step, target_z_step) != check_ratio(ratio):
                 raise ValueError(
                     f"ratio {ratio} disagrees with z_step {z_step} / target_z_step {target_z_step}; "
                     "give one or the other."
                 )
-        self.ratio = None if ratio is None else _check_ratio(ratio)
+        self.ratio = None if ratio is None else check_ratio(ratio)
         self.target_depth = None if target_depth is None else int(target_depth)
         self.offset = int(offset)
-        self.axis = _check_axis(axis)
+        self.axis = check_axis(axis)
 
     def _placement(self, t: torch.Tensor) -> tuple[int, int, int, int]:
         """(ratio, offset, full_depth, axis) for ``t``, from its meta if recorded, else from the arguments."""
@@ -254,7 +254,7 @@ class PrefixResampleZ(Transform):
             out = src.index_select(dim, lo) * (1 - w) + src.index_select(dim, hi) * w
         if isinstance(out, MetaTensor):
             out.meta = dict(out.meta)
-            out.affine = _axis_scale_affine(out.affine, axis, 1.0 / ratio, -offset / ratio)
+            out.affine = axis_scale_affine(out.affine, axis, 1.0 / ratio, -offset / ratio)
             out.meta.pop(SPARSE_Z_KEY, None)
             # kept so metrics can tell acquired slices from predicted ones
             out.meta["sparse_z_ratio"] = ratio

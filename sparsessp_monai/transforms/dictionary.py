@@ -9,7 +9,7 @@ import numpy as np
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Randomizable
 
-from sparsessp_monai.transforms.array import PrefixResampleZ, SubsampleZ, _check_ratio
+from sparsessp_monai.transforms.array import PrefixResampleZ, SubsampleZ, check_ratio
 
 __all__ = ["PrefixResampleZd", "RandSubsampleZd", "StructureToTaskd", "SubsampleZd"]
 
@@ -61,7 +61,7 @@ class RandSubsampleZd(Randomizable, MapTransform):
         ratios = [ratio] if isinstance(ratio, (int, np.integer, float)) else list(ratio)
         if not ratios:
             raise ValueError("ratio must be a positive integer or a non-empty sequence of them.")
-        self.ratios = [_check_ratio(r) for r in ratios]
+        self.ratios = [check_ratio(r) for r in ratios]
         self.axis = axis
         self.random_offset = random_offset
         self._ratio = self.ratios[0]

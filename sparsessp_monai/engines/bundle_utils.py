@@ -12,7 +12,8 @@ import torch
 
 __all__ = ["as_bool", "default_bundle_root", "fast_bf16", "latest_checkpoint"]
 
-_SOURCE_BUNDLE = Path(__file__).resolve().parent.parent / "bundle"
+# this file is sparsessp_monai/engines/bundle_utils.py; the bundle sits beside the package in a source checkout
+_SOURCE_BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 
 
 def _config_files_from_argv(argv: Sequence[str]) -> list[str]:

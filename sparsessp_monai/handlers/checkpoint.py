@@ -13,7 +13,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-from sparsessp_monai.bundle_utils import as_bool, latest_checkpoint
+from sparsessp_monai.engines.bundle_utils import as_bool, latest_checkpoint
 
 __all__ = ["ResumableCheckpoint"]
 

@@ -454,7 +454,7 @@ def render_markdown(
     quick: bool = False, elapsed_s: float | None = None,
 ) -> str:
     """The study report: command and date, settings, results at the training ratio, generalisation, claims."""
-    from sparsessp_monai.benchmarking import markdown_table
+    from sparsessp_monai.experiments.benchmarking import markdown_table
 
     title = f"# Study ({device}){' — quick mode, preliminary, not representative' if quick else ''}\n"
     s = settings

@@ -31,21 +31,18 @@ Bundle evaluator example::
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.data import MetaTensor
-from monai.handlers.ignite_metric import IgniteMetricHandler
-from monai.utils import IgniteInfo, MetricReduction, PostFix, evenly_divisible_all_gather, min_version, optional_import
+from monai.utils import IgniteInfo, PostFix, evenly_divisible_all_gather, min_version, optional_import
 from monai.utils import ImageMetaKey as Key
 
-from sparsessp_monai.fileio import atomic_write_text, csv_text
-from sparsessp_monai.metrics import PearsonMetric, R2Metric
+from sparsessp_monai.io.publish import atomic_write_text, csv_text
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 idist, _ = optional_import("ignite", IgniteInfo.OPT_IMPORT_VERSION, min_version, "distributed")
@@ -54,93 +51,11 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
-__all__ = ["ImagePearson", "ImageR2", "PerStructureMetricsSaver"]
+__all__ = ["PerStructureMetricsSaver"]
 
 # summary rows of metrics_per_structure.csv; no structure may carry these names
 ALL_STRUCTURES = "all"
 ALL_IMAGES = "all_images"
-
-
-class ImageR2(IgniteMetricHandler):
-    """
-    Computes the per-image coefficient of determination (R2) and collects its average over images and iterations.
-    """
-
-    def __init__(
-        self,
-        reduction: MetricReduction | str = MetricReduction.MEAN,
-        output_transform: Callable = lambda x: x,
-        save_details: bool = True,
-    ) -> None:
-        """
-
-        Args:
-            reduction: define the mode to reduce metrics, will only execute reduction on `not-nan` values,
-                available reduction modes: {``"none"``, ``"mean"``, ``"sum"``, ``"mean_batch"``, ``"sum_batch"``,
-                ``"mean_channel"``, ``"sum_channel"``}, default to ``"mean"``. if "none", will not do reduction.
-                Images with a constant target have an undefined (NaN) R2 and are skipped.
-            output_transform: callable to extract `y_pred` and `y` from `ignite.engine.state.output` then
-                construct `(y_pred, y)` pair, where `y_pred` and `y` can be `batch-first` Tensors or
-                lists of `channel-first` Tensors. the form of `(y_pred, y)` is required by the `update()`.
-                `engine.state` and `output_transform` inherit from the ignite concept:
-                https://pytorch.org/ignite/concepts.html#state, explanation and usage example are in the tutorial:
-                https://github.com/Project-MONAI/tutorials/blob/master/modules/batch_output_transform.ipynb.
-            save_details: whether to save the R2 of every image into `engine.state.metric_details` with the metric
-                name as key (needed by :class:`PerStructureMetricsSaver`). default to True.
-
-        See also:
-            :py:class:`sparsessp_monai.metrics.R2Metric`
-        """
-        metric_fn = R2Metric(reduction=reduction)
-        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
-
-
-class ImagePearson(IgniteMetricHandler):
-    """
-    Computes the per-image Pearson correlation of prediction and target voxels and collects its average over images
-    and iterations.
-    """
-
-    def __init__(
-        self,
-        reduction: MetricReduction | str = MetricReduction.MEAN,
-        output_transform: Callable = lambda x: x,
-        save_details: bool = True,
-    ) -> None:
-        """
-
-        Args:
-            reduction: define the mode to reduce metrics, will only execute reduction on `not-nan` values,
-                available reduction modes: {``"none"``, ``"mean"``, ``"sum"``, ``"mean_batch"``, ``"sum_batch"``,
-                ``"mean_channel"``, ``"sum_channel"``}, default to ``"mean"``. if "none", will not do reduction.
-                Images with a constant prediction or target have an undefined (NaN) correlation and are skipped.
-            output_transform: callable to extract `y_pred` and `y` from `ignite.engine.state.output` then
-                construct `(y_pred, y)` pair, where `y_pred` and `y` can be `batch-first` Tensors or
-                lists of `channel-first` Tensors. the form of `(y_pred, y)` is required by the `update()`.
-                `engine.state` and `output_transform` inherit from the ignite concept:
-                https://pytorch.org/ignite/concepts.html#state, explanation and usage example are in the tutorial:
-                https://github.com/Project-MONAI/tutorials/blob/master/modules/batch_output_transform.ipynb.
-            save_details: whether to save the correlation of every image into `engine.state.metric_details` with
-                the metric name as key (needed by :class:`PerStructureMetricsSaver`). default to True.
-
-        See also:
-            :py:class:`sparsessp_monai.metrics.PearsonMetric`
-        """
-        metric_fn = PearsonMetric(reduction=reduction)
-        super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
-
-
-def _all_gather_strings(strings: list[str]) -> list[str]:
-    """
-    All-gather a list of strings across ranks, concatenated in rank order.
-
-    This is the order :class:`monai.metrics.Cumulative` gathers metric buffers in. Each rank's list travels as one
-    JSON-encoded byte tensor, so that, unlike a delimiter-joined string, a rank with no images adds no entry and a
-    file name may contain any character.
-    """
-    payload = torch.tensor(list(json.dumps(strings).encode("utf-8")), dtype=torch.long)
-    gathered = evenly_divisible_all_gather(payload, concat=False)
-    return [s for g in gathered for s in json.loads(bytes(g.tolist()).decode("utf-8"))]
 
 
 def _task_ids(value: Any, task_key: str) -> list[int]:
@@ -328,7 +243,8 @@ class PerStructureMetricsSaver:
         # every rank must enter the collectives, so gather before any early return
         if idist.get_world_size() > 1:
             tasks = evenly_divisible_all_gather(torch.as_tensor(tasks, dtype=torch.long), concat=True).tolist()
-            filenames = _all_gather_strings(filenames)
+            # one list per rank, in rank order: the order monai.metrics.Cumulative gathers metric buffers in
+            filenames = [name for part in idist.all_gather(list(filenames)) for name in part]
         n = len(tasks)
         values = self._metric_values(engine, n)
         structure_of_image = [self.structure_name(t) for t in tasks]

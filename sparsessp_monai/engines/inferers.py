@@ -7,7 +7,7 @@ from typing import Any, Callable
 import torch
 from monai.inferers import Inferer
 
-from sparsessp_monai.bundle_utils import as_bool
+from sparsessp_monai.engines.bundle_utils import as_bool
 
 __all__ = ["AutocastInferer"]
 

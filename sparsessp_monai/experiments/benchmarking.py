@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from sparsessp_monai.fileio import atomic_write_text
+from sparsessp_monai.io.publish import atomic_write_text
 
 __all__ = [
     "REFERENCE_GFLOP",
@@ -181,7 +181,7 @@ def time_full_volume(
     """
     from monai.inferers import SlidingWindowInferer
 
-    from sparsessp_monai.inferers import AutocastInferer
+    from sparsessp_monai.engines.inferers import AutocastInferer
     from sparsessp_monai.transforms import PrefixResampleZ
 
     inferer = AutocastInferer(

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsessp_monai.networks import SparseSSPNet
+from sparsessp_monai.networks.sparsessp_net import SparseSSPNet
 
 __all__ = ["ResidualSparseSSP"]
 

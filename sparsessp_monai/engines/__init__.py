@@ -1,0 +1,6 @@
+"""What the bundle's engines need beyond MONAI and Ignite: bundle-root and flag helpers, a bf16 autocast inferer."""
+
+from sparsessp_monai.engines.bundle_utils import as_bool, default_bundle_root, fast_bf16, latest_checkpoint
+from sparsessp_monai.engines.inferers import AutocastInferer
+
+__all__ = ["AutocastInferer", "as_bool", "default_bundle_root", "fast_bf16", "latest_checkpoint"]
