@@ -10,12 +10,12 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import CONFIGS, REPO
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
 import sparsessp_monai
@@ -23,8 +23,6 @@ from sparsessp_monai.data import write_sparse_stacks
 from sparsessp_monai.engines.bundle_utils import as_bool, default_bundle_root
 from sparsessp_monai.io import read_ome_tiff, write_ome_tiff
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIGS = REPO / "bundle" / "configs"
 TRAIN = "bundle/configs/train.json"
 SCHEMA = Path(sparsessp_monai.__file__).parent / "schemas" / "meta_schema_20240725.json"
 
@@ -40,31 +38,14 @@ SMALL = [
 ]  # fmt: skip
 
 
-def bundle_cmd(*args: str, cwd: Path = REPO, timeout: int = 400) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def output_of(proc: subprocess.CompletedProcess) -> str:
-    return proc.stdout + proc.stderr
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(tmp_path_factory: pytest.TempPathFactory, run_bundle) -> Path:
     """Run the user's training command once (2 epochs on small demo data) into a temporary bundle root."""
     root = tmp_path_factory.mktemp("bundle_root")
-    proc = bundle_cmd(
+    proc = run_bundle(
         "training", "--config_file", TRAIN, "--bundle_root", str(root), "--train#trainer#max_epochs", "2", *SMALL
     )
-    assert proc.returncode == 0, output_of(proc)[-4000:]
+    assert proc.returncode == 0, proc.stdout[-4000:]
     return root
 
 
@@ -84,16 +65,16 @@ def test_training_command_writes_checkpoints_and_metrics_under_bundle_root(train
     net.load_state_dict(torch.load(models / "model.pt", map_location="cpu", weights_only=True))
 
 
-def test_resume_continues_from_the_last_interval_checkpoint(trained: Path, tmp_path: Path) -> None:
+def test_resume_continues_from_the_last_interval_checkpoint(trained: Path, tmp_path: Path, run_bundle) -> None:
     root = tmp_path / "resumed"
     (root / "models").mkdir(parents=True)
     os.link(trained / "models" / "checkpoint_epoch=2.pt", root / "models" / "checkpoint_epoch=2.pt")
     os.symlink(trained / "data", root / "data")
-    proc = bundle_cmd(
+    proc = run_bundle(
         "training", "--config_file", TRAIN, "--bundle_root", str(root), "--resume", "true",
         "--train#trainer#max_epochs", "3", *SMALL,
     )  # fmt: skip
-    out = output_of(proc)
+    out = proc.stdout
     assert proc.returncode == 0, out[-4000:]
     assert "resuming training from" in out
     assert "Epoch: 1/3" not in out and "Epoch: 3/3" in out
@@ -101,17 +82,17 @@ def test_resume_continues_from_the_last_interval_checkpoint(trained: Path, tmp_p
     assert not (root / "models" / "checkpoint_epoch=2.pt").exists(), "only the newest interval checkpoint is kept"
 
     # "--resume false" typed on the command line arrives as a string and must mean no
-    proc = bundle_cmd(
+    proc = run_bundle(
         "training", "--config_file", TRAIN, "--bundle_root", str(root), "--resume", "false",
         "--train#trainer#max_epochs", "1", *SMALL,
     )  # fmt: skip
-    assert proc.returncode == 0, output_of(proc)[-4000:]
-    assert "resuming training from" not in output_of(proc)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert "resuming training from" not in proc.stdout
     assert (root / "models" / "checkpoint_epoch=1.pt").is_file()
 
 
-def test_evaluate_writes_per_image_and_per_structure_csv(trained: Path) -> None:
-    proc = bundle_cmd(
+def test_evaluate_writes_per_image_and_per_structure_csv(trained: Path, run_bundle) -> None:
+    proc = run_bundle(
         "evaluating",
         "--config_file",
         "['bundle/configs/train.json','bundle/configs/evaluate.json']",
@@ -119,7 +100,7 @@ def test_evaluate_writes_per_image_and_per_structure_csv(trained: Path) -> None:
         str(trained),
         *SMALL,
     )
-    assert proc.returncode == 0, output_of(proc)[-4000:]
+    assert proc.returncode == 0, proc.stdout[-4000:]
     with open(trained / "eval" / "metrics_per_image.csv") as f:
         images = list(csv.DictReader(f))
     assert len(images) == len(sparsessp_monai.data.STRUCTURES)  # one validation image per structure
@@ -133,17 +114,25 @@ def sparse_inputs(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return folder
 
 
-def infer(root: Path, inputs: Path, *extra: str) -> subprocess.CompletedProcess:
-    return bundle_cmd(
-        "inference", "--config_file", "bundle/configs/inference.json", "--bundle_root", str(root),
-        "--dataset_dir", str(inputs), "--roi_size", "[32,64,64]", *extra,
-    )  # fmt: skip
+@pytest.fixture
+def infer(run_bundle):
+    """Run ``inference.json`` from bundle ``root`` on the stacks in ``inputs``."""
+
+    def run(root: Path, inputs: Path, *extra: str) -> subprocess.CompletedProcess:
+        return run_bundle(
+            "inference", "--config_file", "bundle/configs/inference.json", "--bundle_root", str(root),
+            "--dataset_dir", str(inputs), "--roi_size", "[32,64,64]", *extra,
+        )  # fmt: skip
+
+    return run
 
 
-def test_inference_on_genuinely_sparse_stacks_writes_full_grid_predictions(trained: Path, sparse_inputs: Path) -> None:
+def test_inference_on_genuinely_sparse_stacks_writes_full_grid_predictions(
+    infer, trained: Path, sparse_inputs: Path
+) -> None:
     out = trained / "predictions"
     proc = infer(trained, sparse_inputs, "--predict_structures", "['dna','membrane']", "--output_dir", str(out))
-    assert proc.returncode == 0, output_of(proc)[-4000:]
+    assert proc.returncode == 0, proc.stdout[-4000:]
     inputs = sorted(sparse_inputs.glob("*.ome.tif"))
     assert len(list(out.glob("*.ome.tif"))) == 2 * len(inputs)
     sparse, sparse_meta = read_ome_tiff(inputs[0])
@@ -163,17 +152,19 @@ def test_inference_on_genuinely_sparse_stacks_writes_full_grid_predictions(train
         (["--ratio", "2"], "ratio 2 was configured"),
     ],
 )
-def test_inference_rejects_bad_requests_without_writing(trained: Path, sparse_inputs: Path, extra, message) -> None:
+def test_inference_rejects_bad_requests_without_writing(
+    infer, trained: Path, sparse_inputs: Path, extra, message
+) -> None:
     out = trained / "out_bad"
     proc = infer(trained, sparse_inputs, "--output_dir", str(out), *extra)
     assert proc.returncode != 0
-    assert message in output_of(proc)
+    assert message in proc.stdout
     assert not out.exists()
     assert not list(trained.glob(".out_bad.staging-*")), "staged outputs of a failed run must be removed"
 
 
 def test_inference_fails_whole_on_a_bad_file_and_leaves_no_partial_output(
-    trained: Path, sparse_inputs: Path, tmp_path: Path
+    infer, trained: Path, sparse_inputs: Path, tmp_path: Path
 ) -> None:
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -186,12 +177,12 @@ def test_inference_fails_whole_on_a_bad_file_and_leaves_no_partial_output(
     out = tmp_path / "predictions"
     proc = infer(trained, inputs, "--output_dir", str(out), "--predict_structures", "['dna']")
     assert proc.returncode != 0
-    assert "NaN" in output_of(proc)
+    assert "NaN" in proc.stdout
     assert not out.exists(), "the good file's prediction must not be published by a failed run"
     (inputs / "b_nan.ome.tif").write_bytes(b"not a tiff")
     proc = infer(trained, inputs, "--output_dir", str(out), "--predict_structures", "['dna']")
     assert proc.returncode != 0
-    assert "b_nan.ome.tif" in output_of(proc)
+    assert "b_nan.ome.tif" in proc.stdout
     assert not out.exists()
 
 
