@@ -14,7 +14,8 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
-from monai.transforms import LoadImage, LoadImaged, SaveImage, SaveImaged
+from monai.transforms import LoadImage, LoadImaged, SaveImage, SaveImaged, SpatialResample
+from PIL import Image
 
 from sparsessp_monai.io import (
     OmeTiffWriter,
@@ -36,7 +37,8 @@ def ramp(shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
 
 
 def parse_png(blob: bytes) -> tuple[dict, bytes]:
-    """Minimal PNG parser for the tests: IHDR fields and the concatenated, CRC-checked IDAT payload."""
+    """Minimal PNG parser for the tests: IHDR fields and the concatenated, CRC-checked, inflated IDAT payload
+    (the filtered scanlines, one filter-type byte each); checks the file structure independently of Pillow."""
     assert blob[:8] == b"\x89PNG\r\n\x1a\n"
     pos, chunks = 8, []
     while pos < len(blob):
@@ -306,6 +308,54 @@ def test_writer_keeps_unknown_spacing_unknown(tmp_path):
     assert meta["spacing_zyx"] == (None, None, None)
 
 
+def save_resampled(img: MetaTensor, stem: Path, **kwargs) -> None:
+    """Save ``img`` as ``<stem>.ome.tif`` with ``SaveImage(resample=True)`` and the OME-TIFF writer."""
+    saver = SaveImage(
+        output_dir=str(stem.parent), output_ext=".ome.tif", writer=OmeTiffWriter, separate_folder=False,
+        resample=True, print_log=False, **kwargs,
+    )  # fmt: skip
+    saver(img, filename=str(stem))
+
+
+def test_writer_resample_matches_spatial_resample(tmp_path):
+    # undo a resampling before saving: back to original_affine / spatial_shape, every channel on its own
+    data = np.random.default_rng(0).random((2, 6, 7, 8)).astype(np.float32)
+    affine = torch.diag(torch.tensor([0.5, 0.2, 0.2, 1.0], dtype=torch.float64))
+    img = MetaTensor(torch.from_numpy(data), affine=affine)
+    img.meta["original_affine"] = np.diag([1.0, 0.2, 0.3, 1.0])
+    img.meta["spatial_shape"] = np.array([3, 7, 5])
+    save_resampled(img, tmp_path / "r", mode="bilinear")
+    out, meta = read_ome_tiff(tmp_path / "r.ome.tif")
+    expected = SpatialResample(mode="bilinear", padding_mode="border", dtype=np.float64)(
+        MetaTensor(torch.from_numpy(data), affine=affine),
+        dst_affine=torch.as_tensor(img.meta["original_affine"]),
+        spatial_size=[3, 7, 5],
+    )
+    assert out.shape == (2, 3, 7, 5)
+    np.testing.assert_allclose(out, expected.numpy(), rtol=0, atol=1e-6)
+    assert not np.allclose(out[0], out[1])  # the channels were not mixed into one another
+    np.testing.assert_allclose(meta["spacing_zyx"], (1.0, 0.2, 0.3))
+
+    # already on the original grid: nothing is resampled and the dtype is kept
+    same = MetaTensor(torch.arange(60, dtype=torch.int16).reshape(1, 3, 4, 5), affine=affine)
+    same.meta["original_affine"] = affine.numpy()
+    same.meta["spatial_shape"] = np.array([3, 4, 5])
+    save_resampled(same, tmp_path / "s", output_dtype=None)
+    kept, _ = read_ome_tiff(tmp_path / "s.ome.tif")
+    assert kept.dtype == np.int16
+    np.testing.assert_array_equal(kept, same.numpy())
+
+
+def test_split_modules_export_the_package_names():
+    from sparsessp_monai import io
+    from sparsessp_monai.io import reader, tiff, writer
+
+    assert io.read_ome_tiff is tiff.read_ome_tiff and io.write_ome_tiff is tiff.write_ome_tiff
+    assert io.TiffReader is reader.TiffReader and io.known_spacing_axes is reader.known_spacing_axes
+    assert io.OmeTiffWriter is writer.OmeTiffWriter and io.ome_tiff_name_formatter is writer.ome_tiff_name_formatter
+    assert set(tiff.__all__) | set(reader.__all__) | set(writer.__all__) <= set(io.__all__)
+
+
 @pytest.mark.skipif(not STARDIST.is_file(), reason=f"sample volume not available at {STARDIST}")
 def test_stardist_sample_volume():
     img = LoadImaged(keys="image", reader=TiffReader, dtype=None)({"image": str(STARDIST)})["image"]
@@ -329,8 +379,23 @@ def test_write_png_decodes(tmp_path, shape, color):
     samples = 1 if img.ndim == 2 else img.shape[2]
     assert len(raw) == 3 * (1 + 4 * samples)
     rows = np.frombuffer(raw, dtype=np.uint8).reshape(3, 1 + 4 * samples)
-    assert (rows[:, 0] == 0).all()  # filter type "None" on every scanline
-    np.testing.assert_array_equal(rows[:, 1:], img.reshape(3, -1))
+    assert (rows[:, 0] <= 4).all()  # a valid PNG filter type (0-4: the encoder picks one per scanline)
+    with Image.open(path) as decoded:
+        assert decoded.format == "PNG"
+        np.testing.assert_array_equal(np.asarray(decoded).reshape(3, -1), img.reshape(3, -1))
+
+
+def test_write_png_gray_alpha_and_single_channel(tmp_path):
+    img = (np.arange(24) * 11 % 256).astype(np.uint8).reshape(3, 4, 2)
+    header, _ = parse_png(write_png(tmp_path / "la.png", img).read_bytes())
+    assert header["color"] == 4  # gray + alpha
+    with Image.open(tmp_path / "la.png") as decoded:
+        np.testing.assert_array_equal(np.asarray(decoded), img)
+    header, _ = parse_png(write_png(tmp_path / "g.png", img[:, :, :1]).read_bytes())
+    assert header["color"] == 0
+    with Image.open(tmp_path / "g.png") as decoded:
+        np.testing.assert_array_equal(np.asarray(decoded), img[:, :, 0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", "la.png"]  # no temporary files left
 
 
 def test_write_png_validates(tmp_path):
@@ -355,7 +420,9 @@ def test_projection_preview_layout(tmp_path):
     assert header["color"] == 2
     assert (header["width"], header["height"]) == (3 * panel_w + 2 * 6, panel_h)
     assert len(raw) == header["height"] * (1 + 3 * header["width"])
-    pixels = np.frombuffer(raw, dtype=np.uint8).reshape(header["height"], -1)[:, 1:].reshape(panel_h, -1, 3)
+    with Image.open(path) as decoded:
+        pixels = np.asarray(decoded.convert("RGB"))
+    assert pixels.shape == (panel_h, 3 * panel_w + 2 * 6, 3)
     assert (pixels[2, 3] == 255).all() and (pixels[0, 0] == 0).all()  # the bright voxel in the XY view
     assert sorted(p.name for p in (tmp_path / "prev").iterdir()) == ["p.png"]
 

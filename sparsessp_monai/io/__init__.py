@@ -1,15 +1,13 @@
-"""Image IO for SparseSSP: OME-TIFF reading/writing, MONAI reader/writer classes and PNG previews."""
+"""
+Image IO for SparseSSP.
 
-from .ome_tiff import (
-    TIFF_SUFFIXES,
-    OmeTiffWriter,
-    TiffReader,
-    known_spacing_axes,
-    ome_tiff_name_formatter,
-    read_ome_tiff,
-    spacing_to_affine,
-    write_ome_tiff,
-)
+- :mod:`.tiff`: raw OME-TIFF reading / writing of (C, Z, Y, X) volumes with voxel sizes in micrometres.
+- :mod:`.reader`: :class:`TiffReader`, the MONAI ``ImageReader`` (``LoadImage(reader=TiffReader)``).
+- :mod:`.writer`: :class:`OmeTiffWriter`, the MONAI ``ImageWriter`` (``SaveImage(writer=OmeTiffWriter)``).
+- :mod:`.preview`: PNG previews (orthogonal maximum-intensity projections).
+- :mod:`.publish`: the package's one safe-write helper (atomic files, staged folders).
+"""
+
 from .preview import orthogonal_mips, save_projection_preview, write_png
 from .publish import (
     DONE_MARKER,
@@ -22,6 +20,9 @@ from .publish import (
     staged_folder,
     staging_path,
 )
+from .reader import TiffReader, known_spacing_axes, spacing_to_affine
+from .tiff import TIFF_SUFFIXES, read_ome_tiff, write_ome_tiff
+from .writer import OmeTiffWriter, ome_tiff_name_formatter
 
 __all__ = [
     "DONE_MARKER",

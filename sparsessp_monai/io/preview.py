@@ -1,26 +1,26 @@
 """
-Dependency-free PNG previews of 3D volumes (orthogonal maximum-intensity projections).
+PNG previews of 3D volumes (orthogonal maximum-intensity projections).
 
-PNG encoding is done with ``zlib`` and ``struct`` only, so no imaging library (PIL, matplotlib) is needed.
+The previews are laid out with numpy and encoded with Pillow; files are written with
+:func:`sparsessp_monai.io.publish.atomic_write`.
 """
 
 from __future__ import annotations
 
 import os
-import struct
-import uuid
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
+from .publish import atomic_write
 
 __all__ = ["orthogonal_mips", "save_projection_preview", "write_png"]
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# PNG colour types by number of samples per pixel: gray, gray+alpha, RGB, RGBA
-_COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}
+# samples per pixel accepted by write_png: gray, gray+alpha, RGB, RGBA (Pillow modes L, LA, RGB, RGBA)
+_SAMPLES = (1, 2, 3, 4)
 
 # layout of the preview (pixels / RGB colours)
 _INNER_GAP = 2  # between the XY, XZ and YZ views of one panel
@@ -31,25 +31,9 @@ _BACKGROUND = (0, 0, 0)
 _MAX_AXIS = 4096  # cap on an axis after spacing-aware stretching, so a bad spacing cannot explode memory
 
 
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    # the CRC covers the chunk type and the data, not the length
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
-
-
-def _atomic_write_bytes(path: Path, blob: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        tmp.write_bytes(blob)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_png(path: str | os.PathLike, rgb_or_gray_uint8: np.ndarray) -> Path:
     """
-    Write an 8-bit image as PNG using only ``zlib`` and ``struct``; the file is replaced atomically.
+    Write an 8-bit image as PNG (encoded with Pillow); the file is replaced atomically.
 
     Args:
         path: destination file name (parent folders are created).
@@ -67,22 +51,12 @@ def write_png(path: str | os.PathLike, rgb_or_gray_uint8: np.ndarray) -> Path:
         raise ValueError(f"write_png expects a uint8 array, got {img.dtype}.")
     if img.ndim == 2:
         img = img[:, :, None]
-    if img.ndim != 3 or img.shape[2] not in _COLOR_TYPES or img.shape[0] == 0 or img.shape[1] == 0:
+    if img.ndim != 3 or img.shape[2] not in _SAMPLES or img.shape[0] == 0 or img.shape[1] == 0:
         raise ValueError(f"write_png expects a non-empty (H, W) or (H, W, 1|2|3|4) array, got shape {img.shape}.")
-    height, width, samples = img.shape
-    header = struct.pack(">IIBBBBB", width, height, 8, _COLOR_TYPES[samples], 0, 0, 0)
-    # every scanline is prefixed with its filter type; 0 ("None") keeps the encoder trivial
-    raw = np.zeros((height, 1 + width * samples), dtype=np.uint8)
-    raw[:, 1:] = img.reshape(height, width * samples)
-    blob = (
-        _PNG_SIGNATURE
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
-        + _png_chunk(b"IEND", b"")
-    )
-    target = Path(path)
-    _atomic_write_bytes(target, blob)
-    return target
+    # Pillow infers the mode from the shape: (H, W) -> L, (H, W, 2|3|4) -> LA / RGB / RGBA
+    image = Image.fromarray(np.ascontiguousarray(img[:, :, 0] if img.shape[2] == 1 else img))
+    # format is explicit because the temporary file's name does not end in .png
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _as_volume(volume: Any, title: str) -> np.ndarray:
