@@ -7,7 +7,8 @@ import itertools
 import pytest
 import torch
 
-from sparsessp_monai.networks import TOPOLOGIES, ChannelMix3d, SparseSSPNet
+from sparsessp_monai.networks import TOPOLOGIES, ChannelMix3d, Fp32AtDepth2, SparseSSPNet
+from sparsessp_monai.networks.sparsessp_net import level_depths, z_strides
 
 SMALL = {"features_3d": (4, 8, 16), "features_2d": (16, 32, 64)}
 
@@ -126,3 +127,59 @@ def test_cpu_bf16_training_gradients_stay_finite_where_a_level_has_depth_2():
         # bf16 rounding is relative to the gradient's size; biases before a norm have ~zero gradient
         scale = p.grad.abs().max().clamp(min=1e-3)
         assert (bf16[name] - p.grad).abs().max() / scale < 0.25, name
+
+
+class _Conv3dStage(Fp32AtDepth2, torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(2, 2, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.guarded([x])
+
+    def run(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return self.conv(inputs[0])
+
+    def conv_depths(self, inputs: list[torch.Tensor]) -> list[int]:
+        return [inputs[0].shape[2]]
+
+
+def test_fp32_at_depth_2_leaves_bf16_only_where_a_3d_convolution_meets_depth_2() -> None:
+    torch.manual_seed(0)
+    stage = _Conv3dStage()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert stage(torch.randn(1, 2, 2, 8, 8)).dtype == torch.float32
+        assert stage(torch.randn(1, 2, 4, 8, 8)).dtype == torch.bfloat16
+    x = torch.randn(1, 2, 2, 8, 8)
+    # no autocast: nothing changes, and the scripted stage (exported models run without autocast) agrees
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.script(stage)(x), stage.conv(x), atol=1e-6)
+        assert torch.equal(stage(x), stage.conv(x))
+
+
+def test_level_depths_halve_while_even_and_at_least_two() -> None:
+    assert z_strides(8, 4) == [2, 2, 1]
+    assert level_depths(8, 4) == [8, 4, 2, 2]
+    assert level_depths(32, 4) == [32, 16, 8, 4]
+    assert level_depths(6, 3) == [6, 3, 3]
+    assert level_depths(2, 3) == [2, 2, 2]
+
+
+def test_checkpoint_layout_is_stable() -> None:
+    # checkpoints of earlier versions load: the state_dict names of the default multi-task network are unchanged
+    keys = list(SparseSSPNet(num_tasks=2).state_dict())
+    assert len(keys) == 84
+    for key in (
+        "encoder.0.block.conv.weight",
+        "encoder.1.block.0.adn.N.weight",
+        "bridges.0.project.0.weight",
+        "bottleneck.conv.weight",
+        "bottleneck_condition.table.weight",
+        "decoder.0.up.deconv.weight",
+        "decoder.0.conv.1.conv.weight",
+        "decoder.2.condition.table.weight",
+        "head.conv.conv.weight",
+    ):
+        assert key in keys, key
+    order = [keys.index(k) for k in ("bottleneck.conv.weight", "decoder.0.up.deconv.weight", "head.conv.conv.weight")]
+    assert order == sorted(order)

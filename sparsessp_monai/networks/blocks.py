@@ -1,4 +1,5 @@
-"""Building blocks of :class:`~sparsessp_monai.networks.SparseSSPNet`: dimension bridges and task conditioning."""
+"""Building blocks of :class:`~sparsessp_monai.networks.SparseSSPNet`: dimension bridges, task conditioning and the
+fp32 fallback of 3D blocks under CPU bf16 autocast."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ __all__ = [
     "DepthToChannel",
     "DynamicHead",
     "Fold3dTo2d",
+    "Fp32AtDepth2",
     "NoCondition",
     "TaskFiLM",
     "Unfold2dTo3d",
@@ -140,6 +142,55 @@ class Unfold2dTo3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(x)
+
+
+class Fp32AtDepth2:
+    """
+    Mixin of the network's stages that runs a stage in fp32 where a 3D convolution of it meets depth 2 under CPU
+    bf16 autocast; the one place of this workaround.
+
+    PyTorch's CPU kernel (checked on 2.13) returns garbage weight gradients (up to 1e36, then inf) for a bf16 3x3x3
+    ``Conv3d`` whose input has depth 2 and 32 or more channels. Other depths, the forward pass and CUDA are
+    unaffected, so only such stages leave bf16.
+
+    A stage (an ``nn.Module`` that also inherits this class) implements ``run(inputs)``, its computation on a list
+    of tensors whose first one decides (5-D ``(B, C, D, H, W)`` on the CPU), and ``conv_depths(inputs)``, the depths
+    its 3D convolutions see; its ``forward`` returns ``self.guarded(inputs)``. Scripted (exported) models run
+    without autocast and call ``run`` directly.
+    """
+
+    def run(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """The stage's computation on ``inputs``."""
+        raise NotImplementedError
+
+    def conv_depths(self, inputs: list[torch.Tensor]) -> list[int]:
+        """The depths the stage's 3D convolutions see for ``inputs`` (eager mode only)."""
+        raise NotImplementedError
+
+    def guarded(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """``run(inputs)``, in fp32 when ``needs_fp32(inputs)``."""
+        if torch.jit.is_scripting():  # exported models run without autocast
+            return self.run(inputs)
+        return self._eager_guarded(inputs)
+
+    @torch.jit.unused
+    def _eager_guarded(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        if self.needs_fp32(inputs):
+            with torch.autocast("cpu", enabled=False):
+                return self.run([t.float() for t in inputs])
+        return self.run(inputs)
+
+    @torch.jit.unused
+    def needs_fp32(self, inputs: list[torch.Tensor]) -> bool:
+        """Whether the stage must leave bf16: CPU, 3D, bf16 autocast on, and a 3D convolution at depth 2."""
+        x = inputs[0]
+        return (
+            x.device.type == "cpu"
+            and x.dim() == 5
+            and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and 2 in self.conv_depths(inputs)
+        )
 
 
 class NoCondition(nn.Module):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from monai.networks.blocks import Convolution, UpSample
@@ -14,12 +14,13 @@ from sparsessp_monai.networks.blocks import (
     DepthToChannel,
     DynamicHead,
     Fold3dTo2d,
+    Fp32AtDepth2,
     NoCondition,
     TaskFiLM,
     Unfold2dTo3d,
 )
 
-__all__ = ["TOPOLOGIES", "SparseSSPNet"]
+__all__ = ["TOPOLOGIES", "SparseSSPNet", "level_depths", "z_strides"]
 
 # topology -> (encoder dims, decoder dims)
 TOPOLOGIES = {"3d": (3, 3), "2d": (2, 2), "3to2d": (3, 2), "2to3d": (2, 3)}
@@ -35,29 +36,42 @@ def z_strides(depth: int, levels: int) -> list[int]:
     return strides
 
 
-def _run_3d_block(
-    block: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], depths: Sequence[int]
-) -> torch.Tensor:
-    """Run ``block(*inputs)``, in fp32 when it is a 3D block meeting depth 2 under CPU bf16 autocast (eager only).
-
-    PyTorch's CPU kernel (checked on 2.13) returns garbage weight gradients (up to 1e36, then inf) for a bf16 3x3x3
-    ``Conv3d`` whose input has depth 2 and 32 or more channels. ``depths`` are the depths the block's convolutions
-    see. Other depths, the forward pass and CUDA are unaffected.
-    """
-    x = inputs[0]
-    if (
-        x.device.type == "cpu"
-        and x.dim() == 5
-        and torch.is_autocast_enabled("cpu")
-        and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        and 2 in depths
-    ):
-        with torch.autocast("cpu", enabled=False):
-            return block(*(t.float() for t in inputs))
-    return block(*inputs)
+def level_depths(depth: int, levels: int) -> list[int]:
+    """Depth ``D_l`` of every level for an input of depth ``depth``: ``D_0 = depth``, then the :func:`z_strides`."""
+    depths = [int(depth)]
+    for s in z_strides(depth, levels):
+        depths.append(depths[-1] // s)
+    return depths
 
 
-class _EncoderLevel(nn.Module):
+def _check_arguments(
+    depth: int,
+    topology: str,
+    z_mapping: str,
+    ratio: int,
+    features_3d: Sequence[int],
+    features_2d: Sequence[int],
+    num_tasks: int,
+    conditioning: str,
+) -> None:
+    """Raise ``ValueError`` for an argument combination :class:`SparseSSPNet` cannot build."""
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"topology must be one of {tuple(TOPOLOGIES)}, got {topology!r}.")
+    if z_mapping not in ("prefix", "suffix"):
+        raise ValueError(f"z_mapping must be 'prefix' or 'suffix', got {z_mapping!r}.")
+    if conditioning not in ("film", "dynamic"):
+        raise ValueError(f"conditioning must be 'film' or 'dynamic', got {conditioning!r}.")
+    if len(features_3d) != len(features_2d) or len(features_3d) < 2:
+        raise ValueError("features_3d and features_2d must have the same length, at least 2 levels.")
+    if int(ratio) < 1:
+        raise ValueError(f"ratio must be a positive integer, got {ratio}.")
+    if z_mapping == "suffix" and depth % ratio:
+        raise ValueError(f"suffix z-mapping needs depth ({depth}) divisible by the ratio ({ratio}).")
+    if num_tasks < 0:
+        raise ValueError(f"num_tasks must be >= 0, got {num_tasks}.")
+
+
+class _EncoderLevel(Fp32AtDepth2, nn.Module):
     """A strided 3x3(x3) convolution (or the stem at level 0) followed by one more 3x3(x3) convolution."""
 
     def __init__(self, dims: int, in_ch: int, out_ch: int, stride: Sequence[int] | int, act, norm, stem: bool):
@@ -73,16 +87,33 @@ class _EncoderLevel(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():  # exported models run without autocast
-            return self.block(x)
-        return self._eager_forward(x)
+        return self.guarded([x])
 
-    @torch.jit.unused
-    def _eager_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _run_3d_block(self.block, [x], [x.shape[2], -(-x.shape[2] // self.z_stride)])
+    def run(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return self.block(inputs[0])
+
+    def conv_depths(self, inputs: list[torch.Tensor]) -> list[int]:
+        # the strided convolution sees the input's depth, the second one the strided depth
+        return [inputs[0].shape[2], -(-inputs[0].shape[2] // self.z_stride)]
 
 
-class _DecoderLevel(nn.Module):
+class _Bottleneck(Fp32AtDepth2, Convolution):
+    """The 3x3(x3) convolution between encoder and decoder (a :class:`Convolution`, same weights layout)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.guarded([x])
+
+    def run(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        y = inputs[0]
+        for layer in self:  # what Convolution's own forward (nn.Sequential's) does
+            y = layer(y)
+        return y
+
+    def conv_depths(self, inputs: list[torch.Tensor]) -> list[int]:
+        return [inputs[0].shape[2]]
+
+
+class _DecoderLevel(Fp32AtDepth2, nn.Module):
     """Learned upsampling, concatenation with the skip, two 3x3(x3) convolutions, then task conditioning."""
 
     def __init__(
@@ -97,19 +128,15 @@ class _DecoderLevel(nn.Module):
         self.condition = condition
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
-        if torch.jit.is_scripting():  # exported models run without autocast
-            x = self._up_and_convs(skip, x)
-        else:
-            x = self._eager_convs(x, skip)
-        return self.condition(x, task)
+        return self.condition(self.guarded([skip, x]), task)
 
-    def _up_and_convs(self, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def run(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        skip, x = inputs[0], inputs[1]
         return self.conv(torch.cat([self.up(x), skip], dim=1))
 
-    @torch.jit.unused
-    def _eager_convs(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    def conv_depths(self, inputs: list[torch.Tensor]) -> list[int]:
         # the convolutions run at the skip's depth
-        return _run_3d_block(self._up_and_convs, [skip, x], [skip.shape[2]])
+        return [inputs[0].shape[2]]
 
 
 class _StaticHead(nn.Module):
@@ -142,16 +169,35 @@ class SparseSSPNet(nn.Module):
 
     Z-mapping:
 
-    - ``"prefix"``: the input is already on the full grid (see ``PrefixResampleZ``): ``(B, C_in, depth, H, W)``.
-    - ``"suffix"``: the input is the sparse stack ``(B, C_in, depth // ratio, H, W)``; the network runs at sparse
-      depth and a learned transposed convolution (kernel and stride ``ratio`` in Z) upsamples at the output.
+    - ``"prefix"``: the input is already on the full grid (see ``PrefixResampleZ``): ``D_in = depth``.
+    - ``"suffix"``: the input is the sparse stack, ``D_in = depth // ratio``; the network runs at sparse depth and
+      a learned transposed convolution (kernel and stride ``ratio`` in Z) upsamples at the output.
 
     Task conditioning (``num_tasks > 0``): one model for many structures, with a task id per sample:
     ``"film"`` scales and shifts every decoder level per task; ``"dynamic"`` is a DoDNet-style dynamic head whose
     1x1 convolution weights are generated per sample from the task and the pooled features.
 
-    Output: ``(B, out_channels, depth, H, W)`` for both z-mappings. ``H`` and ``W`` must be divisible by
-    ``2 ** (levels - 1)``; the depth is fixed at construction where depth is folded into channels.
+    Shapes, with ``L = len(features_3d)`` levels, ``H_l, W_l = H / 2**l, W / 2**l``, level depths
+    ``D_0 = D_in`` then halved while even and at least 4 (:func:`level_depths`), ``F3_l, F2_l`` the widths of
+    ``features_3d, features_2d`` and ``C_h`` = ``out_channels`` (prefix) or ``suffix_channels`` (suffix):
+
+    - input ``x``: ``(B, in_channels, D_in, H, W)`` for every topology; ``task``: ``(B,)`` or ``(1,)`` ids.
+    - ``"3d"``: levels ``(B, F3_l, D_l, H_l, W_l)`` in encoder and decoder; head ``(B, C_h, D_in, H, W)``.
+    - ``"3to2d"``: 3D encoder levels ``(B, F3_l, D_l, H_l, W_l)``, bridged to ``(B, S_l, H_l, W_l)`` with
+      ``S_l = ceil(F2_l / D_l) * D_l`` (``embedding="3d"``) or ``F2_l`` (``"2d"``); 2D decoder levels
+      ``(B, F2_l, H_l, W_l)``; head ``(B, C_h * D_in, H, W)``, unfolded to ``(B, C_h, D_in, H, W)``.
+    - ``"2d"``: input folded to ``(B, in_channels * D_in, H, W)``; levels ``(B, F2_l, H_l, W_l)``; head as 3to2d.
+    - ``"2to3d"``: input folded as 2d; 2D encoder levels ``(B, F2_l, H_l, W_l)``, bridged to
+      ``(B, F3_l, D_l, H_l, W_l)``; 3D decoder levels ``(B, F3_l, D_l, H_l, W_l)``; head ``(B, C_h, D_in, H, W)``.
+    - output: ``(B, out_channels, depth, H, W)`` for every topology and both z-mappings (suffix: the head's
+      ``(B, suffix_channels, depth // ratio, H, W)`` through the transposed convolution).
+
+    ``H`` and ``W`` must be divisible by ``2 ** (L - 1)``; ``D_in`` is fixed at construction for the topologies
+    that fold depth into channels (all but ``"3d"``).
+
+    The builder methods (``get_encoder``, ``get_bridges``, ``get_bottleneck``, ``get_decoder``, ``get_head``, ...)
+    follow :class:`monai.networks.nets.DynUNet`; the 3D stages leave bf16 where CPU autocast meets depth 2
+    (:class:`~sparsessp_monai.networks.blocks.Fp32AtDepth2`).
 
     Args:
         depth: depth ``D`` of the full-grid patch (e.g. 32).
@@ -193,103 +239,110 @@ class SparseSSPNet(nn.Module):
         suffix_channels: int = 8,
     ) -> None:
         super().__init__()
-        if topology not in TOPOLOGIES:
-            raise ValueError(f"topology must be one of {tuple(TOPOLOGIES)}, got {topology!r}.")
-        if z_mapping not in ("prefix", "suffix"):
-            raise ValueError(f"z_mapping must be 'prefix' or 'suffix', got {z_mapping!r}.")
-        if conditioning not in ("film", "dynamic"):
-            raise ValueError(f"conditioning must be 'film' or 'dynamic', got {conditioning!r}.")
-        if len(features_3d) != len(features_2d) or len(features_3d) < 2:
-            raise ValueError("features_3d and features_2d must have the same length, at least 2 levels.")
-        if int(ratio) < 1:
-            raise ValueError(f"ratio must be a positive integer, got {ratio}.")
-        if z_mapping == "suffix" and depth % ratio:
-            raise ValueError(f"suffix z-mapping needs depth ({depth}) divisible by the ratio ({ratio}).")
-        if num_tasks < 0:
-            raise ValueError(f"num_tasks must be >= 0, got {num_tasks}.")
-
+        _check_arguments(depth, topology, z_mapping, ratio, features_3d, features_2d, num_tasks, conditioning)
         self.depth = int(depth)
         self.topology = topology
         self.z_mapping = z_mapping
         self.ratio = int(ratio) if z_mapping == "suffix" else 1
         self.num_tasks = int(num_tasks)
+        self.conditioning = conditioning
+        self.embedding = embedding
+        self.in_channels, self.out_channels = in_channels, out_channels
+        # C_h: channels per voxel out of the head, before the suffix z-mapping
+        self.head_channels = suffix_channels if z_mapping == "suffix" else out_channels
+        self.act, self.norm = act, norm
         self.levels = len(features_3d)
         self.in_depth = self.depth // self.ratio
-        enc_dims, dec_dims = TOPOLOGIES[topology]
-        self.folds_input = enc_dims == 2
+        self.enc_dims, self.dec_dims = TOPOLOGIES[topology]
+        self.folds_input = self.enc_dims == 2
         self.uses_folding = topology != "3d"
-
+        self.dynamic = self.num_tasks > 0 and conditioning == "dynamic"
+        self.multiple = 2 ** (self.levels - 1)
         # Z size of every level: 3D stages halve Z while they can; 2D stages carry depth in channels
-        zs = z_strides(self.in_depth, self.levels)
-        depths = [self.in_depth]
-        for s in zs:
-            depths.append(depths[-1] // s)
+        self.level_z_strides = z_strides(self.in_depth, self.levels)
+        self.level_depths = level_depths(self.in_depth, self.levels)
+        self.enc_widths = list(features_3d if self.enc_dims == 3 else features_2d)
+        self.dec_widths = list(features_3d if self.dec_dims == 3 else features_2d)
 
-        def scale(dims: int, level: int) -> list[int]:
-            return [zs[level], 2, 2] if dims == 3 else [2, 2]
-
-        enc_widths = list(features_3d if enc_dims == 3 else features_2d)
-        dec_widths = list(features_3d if dec_dims == 3 else features_2d)
-        enc_in = in_channels * self.in_depth if self.folds_input else in_channels
+        # built in this order: it fixes the parameter order and which random numbers initialise which weights
         self.fold_input = DepthToChannel() if self.folds_input else nn.Identity()
+        self.encoder = self.get_encoder()
+        self.bridges = self.get_bridges()
+        # identity bridges keep the encoder's width
+        self.skip_widths = [getattr(b, "out_channels", w) for b, w in zip(self.bridges, self.enc_widths)]
+        self.bottleneck = self.get_bottleneck()
+        self.bottleneck_condition = self.get_condition(self.dec_widths[-1])
+        self.decoder = self.get_decoder()
+        self.head = self.get_head()
+        # a 2D decoder's output channels carry depth and unfold to it
+        self.unfold_output = ChannelToDepth(self.in_depth) if self.dec_dims == 2 else nn.Identity()
+        self.z_upsample = self.get_z_upsample()
 
-        self.encoder = nn.ModuleList()
-        for level, width in enumerate(enc_widths):
-            prev = enc_in if level == 0 else enc_widths[level - 1]
-            stride = scale(enc_dims, level - 1) if level > 0 else 1
-            self.encoder.append(_EncoderLevel(enc_dims, prev, width, stride, act, norm, stem=level == 0))
+    def level_scale(self, dims: int, level: int) -> list[int]:
+        """Stride between ``level`` and ``level + 1`` of a ``dims``-D stage: Z as :func:`z_strides`, H and W 2."""
+        return [self.level_z_strides[level], 2, 2] if dims == 3 else [2, 2]
 
-        # bridges turn each encoder level into the decoder's dimensionality
-        self.bridges = nn.ModuleList()
-        skip_widths = []
-        for level in range(self.levels):
-            if enc_dims == 3 and dec_dims == 2:
-                bridge = Fold3dTo2d(enc_widths[level], depths[level], dec_widths[level], embedding, act, norm)
-                skip_widths.append(bridge.out_channels)
-            elif enc_dims == 2 and dec_dims == 3:
-                bridge = Unfold2dTo3d(enc_widths[level], depths[level], dec_widths[level], embedding, act, norm)
-                skip_widths.append(bridge.out_channels)
+    def get_encoder(self) -> nn.ModuleList:
+        """Encoder levels: ``(B, C, ...)`` at level ``l - 1`` -> ``(B, enc_widths[l], ...)`` at level ``l``."""
+        enc_in = self.in_channels * self.in_depth if self.folds_input else self.in_channels
+        encoder = nn.ModuleList()
+        for level, width in enumerate(self.enc_widths):
+            prev = enc_in if level == 0 else self.enc_widths[level - 1]
+            stride = self.level_scale(self.enc_dims, level - 1) if level > 0 else 1
+            encoder.append(_EncoderLevel(self.enc_dims, prev, width, stride, self.act, self.norm, stem=level == 0))
+        return encoder
+
+    def get_bridges(self) -> nn.ModuleList:
+        """One bridge per level from the encoder's to the decoder's dimensionality (identity for 3d and 2d)."""
+        bridges = nn.ModuleList()
+        for level, (width, depth) in enumerate(zip(self.enc_widths, self.level_depths)):
+            if self.enc_dims == 3 and self.dec_dims == 2:
+                bridge = Fold3dTo2d(width, depth, self.dec_widths[level], self.embedding, self.act, self.norm)
+            elif self.enc_dims == 2 and self.dec_dims == 3:
+                bridge = Unfold2dTo3d(width, depth, self.dec_widths[level], self.embedding, self.act, self.norm)
             else:
                 bridge = nn.Identity()
-                skip_widths.append(enc_widths[level])
-            self.bridges.append(bridge)
+            bridges.append(bridge)
+        return bridges
 
-        def condition(width: int) -> nn.Module:
-            use_film = self.num_tasks > 0 and conditioning == "film"
-            return TaskFiLM(self.num_tasks, width) if use_film else NoCondition()
+    def get_bottleneck(self) -> nn.Module:
+        """A 3x3(x3) convolution on the deepest bridged level, ``skip_widths[-1] -> dec_widths[-1]`` channels."""
+        return _Bottleneck(
+            self.dec_dims, self.skip_widths[-1], self.dec_widths[-1], kernel_size=3, act=self.act, norm=self.norm
+        )
 
-        self.bottleneck = Convolution(dec_dims, skip_widths[-1], dec_widths[-1], kernel_size=3, act=act, norm=norm)
-        self.bottleneck_condition = condition(dec_widths[-1])
-        self.decoder = nn.ModuleList()
+    def get_condition(self, width: int) -> nn.Module:
+        """Task conditioning of a decoder level of ``width`` channels: FiLM, or nothing (``NoCondition``)."""
+        use_film = self.num_tasks > 0 and self.conditioning == "film"
+        return TaskFiLM(self.num_tasks, width) if use_film else NoCondition()
+
+    def get_decoder(self) -> nn.ModuleList:
+        """Decoder levels, deepest first: level ``l + 1`` and skip ``l`` -> ``(B, dec_widths[l], ...)``."""
+        decoder = nn.ModuleList()
         for level in range(self.levels - 2, -1, -1):
-            self.decoder.append(
+            condition = self.get_condition(self.dec_widths[level])  # before the level: initialisation order
+            in_ch, out_ch = self.dec_widths[level + 1], self.dec_widths[level]
+            scale = self.level_scale(self.dec_dims, level)
+            decoder.append(
                 _DecoderLevel(
-                    dec_dims,
-                    dec_widths[level + 1],
-                    skip_widths[level],
-                    dec_widths[level],
-                    scale(dec_dims, level),
-                    act,
-                    norm,
-                    condition(dec_widths[level]),
+                    self.dec_dims, in_ch, self.skip_widths[level], out_ch, scale, self.act, self.norm, condition
                 )
             )
+        return decoder
 
-        # output head: per-voxel channels; a 2D decoder's channels carry depth and unfold to it
-        head_ch = suffix_channels if z_mapping == "suffix" else out_channels
-        head_out = head_ch * self.in_depth if dec_dims == 2 else head_ch
-        self.dynamic = self.num_tasks > 0 and conditioning == "dynamic"
+    def get_head(self) -> nn.Module:
+        """Per-voxel output channels (``C_h``, times ``D_in`` for a 2D decoder): dynamic or static 1x1 convolution."""
+        head_out = self.head_channels * self.in_depth if self.dec_dims == 2 else self.head_channels
         if self.dynamic:
-            self.head = DynamicHead(dec_dims, dec_widths[0], head_out, self.num_tasks)
-        else:
-            self.head = _StaticHead(dec_dims, dec_widths[0], head_out)
-        self.unfold_output = ChannelToDepth(self.in_depth) if dec_dims == 2 else nn.Identity()
-        if z_mapping == "suffix":
-            kernel = (self.ratio, 1, 1)
-            self.z_upsample = nn.ConvTranspose3d(head_ch, out_channels, kernel_size=kernel, stride=kernel)
-        else:
-            self.z_upsample = nn.Identity()
-        self.multiple = 2 ** (self.levels - 1)
+            return DynamicHead(self.dec_dims, self.dec_widths[0], head_out, self.num_tasks)
+        return _StaticHead(self.dec_dims, self.dec_widths[0], head_out)
+
+    def get_z_upsample(self) -> nn.Module:
+        """Suffix z-mapping: ``(B, C_h, D_in, H, W) -> (B, out_channels, depth, H, W)``; identity for prefix."""
+        if self.z_mapping != "suffix":
+            return nn.Identity()
+        kernel = (self.ratio, 1, 1)
+        return nn.ConvTranspose3d(self.head_channels, self.out_channels, kernel_size=kernel, stride=kernel)
 
     def _check_inputs(self, x: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor | None:
         if x.ndim != 5:
@@ -317,10 +370,6 @@ class SparseSSPNet(nn.Module):
             raise ValueError(f"task ids must be in [0, {self.num_tasks}).")
         return task
 
-    @torch.jit.unused
-    def _eager_bottleneck(self, x: torch.Tensor) -> torch.Tensor:
-        return _run_3d_block(self.bottleneck, [x], [x.shape[2]])
-
     def forward(self, x: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
         """Predict ``(B, out_channels, depth, H, W)`` from ``x`` and the optional task ids ``(B,)`` (or ``(1,)``)."""
         task = self._check_inputs(x, task)
@@ -329,11 +378,7 @@ class SparseSSPNet(nn.Module):
         for encode, bridge in zip(self.encoder, self.bridges):
             h = encode(h)
             skips.append(bridge(h))
-        if torch.jit.is_scripting():  # exported models run without autocast
-            y = self.bottleneck(skips[-1])
-        else:
-            y = self._eager_bottleneck(skips[-1])
-        y = self.bottleneck_condition(y, task)
+        y = self.bottleneck_condition(self.bottleneck(skips[-1]), task)
         for i, decode in enumerate(self.decoder):
             y = decode(y, skips[self.levels - 2 - i], task)
         y = self.head(y, task)
