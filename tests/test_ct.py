@@ -1,7 +1,8 @@
 """
 Sparse-slice CT/MR to thin-slice reconstruction: phantom NIfTI in a non-RAS orientation, depth-axis selection,
-cubic-spline baseline against scipy, windows and metrics, the ct_* bundle configs end to end (the thin-slice affine
-of the written output), a real MR volume, and bad inputs that must leave no output.
+windows and metrics, the ct_* bundle configs end to end (the thin-slice affine of the written output), a real MR
+volume, and bad inputs that must leave no output. The cubic-spline baseline (``PrefixResampleZ(mode="cubic")``)
+is checked against scipy in test_transforms.py.
 """
 
 from __future__ import annotations
@@ -19,14 +20,9 @@ from monai.bundle import run as bundle_run
 from monai.data import MetaTensor
 from monai.transforms import Compose, LoadImaged, Orientationd
 
-# pytest puts tests/ on sys.path (rootdir import mode): the bundle runner of the microscopy bundle tests
-from test_bundle import bundle_cmd, output_of
-
 from sparsessp_monai.ct import (
-    CubicResampleZ,
     InverseWindowd,
     KeepAcquiredSlicesd,
-    ThinSliceResampled,
     WindowIntensityd,
     acquired_mask,
     ct_datalist,
@@ -34,12 +30,16 @@ from sparsessp_monai.ct import (
     write_sparse_nifti,
 )
 from sparsessp_monai.data.synthetic_ct import generate_ct_dataset, make_ct_phantom, save_nifti
-from sparsessp_monai.transforms import SubsampleZ, SubsampleZd
+from sparsessp_monai.transforms import PrefixResampleZd, SubsampleZ, SubsampleZd
 
 REPO = Path(__file__).resolve().parent.parent
-CT_TRAIN = "bundle/configs/ct_train.json"
-CT_EVAL = "['bundle/configs/ct_train.json','bundle/configs/ct_evaluate.json']"
-CT_INFER = "bundle/configs/ct_inference.json"
+# the CT configs are overlays merged on the microscopy configs, as a user passes them
+CT_TRAIN = "['bundle/configs/train.json','bundle/configs/ct_train.json']"
+CT_EVAL = (
+    "['bundle/configs/train.json','bundle/configs/ct_train.json',"
+    "'bundle/configs/evaluate.json','bundle/configs/ct_evaluate.json']"
+)
+CT_INFER = "['bundle/configs/inference.json','bundle/configs/ct_inference.json']"
 MNI = REPO.parent / "shared" / "data" / "mri" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
@@ -96,38 +96,7 @@ def test_phantom_nifti_in_non_ras_orientation_reads_back_superior_axis_first(tmp
     np.testing.assert_allclose(spl.affine.numpy() @ np.array([k, j, i, 1.0]), world, atol=1e-4)
 
 
-# --- cubic baseline, windows, metrics ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("n, ratio, offset, axis", [(2, 4, 0, 0), (5, 3, 1, 0), (7, 4, 2, 1), (4, 2, 1, 2)])
-def test_cubic_resample_matches_scipy_order3_mirror(n: int, ratio: int, offset: int, axis: int) -> None:
-    ndimage = pytest.importorskip("scipy.ndimage")
-    rng = np.random.default_rng(n)
-    shape = [3, 4, 5]
-    shape[axis] = n
-    sparse = rng.normal(size=(1, *shape)).astype(np.float32)
-    depth = n * ratio
-    out = CubicResampleZ(ratio=ratio, offset=offset, axis=axis, target_depth=depth)(torch.from_numpy(sparse))
-    coords = (np.arange(depth) - offset) / ratio
-    grids = list(np.meshgrid(*[np.arange(s, dtype=float) for s in out.shape[1:]], indexing="ij"))
-    grids[axis] = coords.reshape([-1 if d == axis else 1 for d in range(3)]) + 0 * grids[axis]
-    ref = ndimage.map_coordinates(sparse[0].astype(np.float64), grids, order=3, mode="mirror")
-    np.testing.assert_allclose(out[0].numpy(), ref, atol=1e-5)
-
-
-def test_cubic_resample_keeps_acquired_slices_and_sets_thin_affine() -> None:
-    full = MetaTensor(torch.rand(1, 21, 6, 5), affine=torch.diag(torch.tensor([1.5, 0.8, 0.8, 1.0])))
-    full.affine[0, 3] = -30.0
-    sparse = SubsampleZ(ratio=4, offset=1)(full)
-    thin = CubicResampleZ()(sparse)
-    assert thin.shape == full.shape
-    torch.testing.assert_close(thin[:, 1::4], full[:, 1::4], atol=1e-5, rtol=0)
-    torch.testing.assert_close(thin.affine, full.affine)
-    assert thin.meta["sparse_z_ratio"] == 4 and thin.meta["sparse_z_offset"] == 1
-    with pytest.raises(ValueError, match="too few slices"):
-        CubicResampleZ()(SubsampleZ(ratio=4)(full[:, :4]))
-    with pytest.raises(ValueError, match="too few slices"):
-        ThinSliceResampled("image", mode="trilinear")({"image": SubsampleZ(ratio=4)(full[:, :4])})
+# --- windows, metrics ------------------------------------------------------------------------------------------
 
 
 def test_window_maps_hu_to_unit_range_and_back() -> None:
@@ -162,7 +131,7 @@ def test_reconstruction_scores_by_hand() -> None:
 
 def test_keep_acquired_slices_copies_measured_values_only() -> None:
     full = MetaTensor(torch.rand(1, 12, 8, 8))
-    image = ThinSliceResampled("image", mode="trilinear")({"image": SubsampleZ(ratio=4, offset=2)(full)})["image"]
+    image = PrefixResampleZd("image", mode="trilinear")({"image": SubsampleZ(ratio=4, offset=2)(full)})["image"]
     pred = torch.zeros(1, 12, 8, 8)
     out = KeepAcquiredSlicesd("pred", ref_key="image")({"pred": pred, "image": image})["pred"]
     torch.testing.assert_close(out[:, 2::4], full[:, 2::4].as_tensor())
@@ -192,22 +161,22 @@ def test_ct_datalist_from_datalist_folder_or_errors(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(tmp_path_factory: pytest.TempPathFactory, run_bundle) -> Path:
     """``ct_train.json`` for one epoch on tiny phantoms into a temporary bundle root."""
     root = tmp_path_factory.mktemp("ct_bundle")
-    proc = bundle_cmd(
+    proc = run_bundle(
         "training", "--config_file", CT_TRAIN, "--bundle_root", str(root), "--train#trainer#max_epochs", "1", *TINY
     )
-    assert proc.returncode == 0, output_of(proc)[-4000:]
+    assert proc.returncode == 0, proc.stdout[-4000:]
     return root
 
 
-def test_training_and_evaluation_write_checkpoints_and_comparison_csv(trained: Path) -> None:
+def test_training_and_evaluation_write_checkpoints_and_comparison_csv(trained: Path, run_bundle) -> None:
     assert (trained / "models" / "ct" / "model.pt").is_file()
     assert (trained / "models" / "ct" / "checkpoint_final.pt").is_file()
-    proc = bundle_cmd("evaluating", "--config_file", CT_EVAL, "--bundle_root", str(trained), *TINY)
-    assert proc.returncode == 0, output_of(proc)[-4000:]
-    assert "PSNR model - cubic" in output_of(proc)
+    proc = run_bundle("evaluating", "--config_file", CT_EVAL, "--bundle_root", str(trained), *TINY)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert "PSNR model - cubic" in proc.stdout
     with open(trained / "eval" / "ct" / "thin_slice_per_volume.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["filename"].endswith("ct_001.nii.gz") and rows[0]["ratio"] == "4"
@@ -223,18 +192,20 @@ def test_training_and_evaluation_write_checkpoints_and_comparison_csv(trained: P
     )
 
 
-def test_inference_writes_thin_slices_with_the_ground_truth_affine(trained: Path, tmp_path: Path) -> None:
+def test_inference_writes_thin_slices_with_the_ground_truth_affine(
+    trained: Path, tmp_path: Path, run_bundle
+) -> None:
     truth = trained / "data" / "ct_demo" / "ct_001.nii.gz"
     sparse_dir = Path(write_sparse_nifti([{"image": str(truth)}], tmp_path / "sparse", ratio=4))
     sparse = nib.load(sparse_dir / "ct_001.nii.gz")
     gt = nib.load(truth)
     assert nib.aff2axcodes(gt.affine) == ("L", "I", "P") and sparse.shape == (32, 10, 32)
     out = tmp_path / "pred"
-    proc = bundle_cmd(
+    proc = run_bundle(
         "inference", "--config_file", CT_INFER, "--bundle_root", str(trained), "--dataset_dir", str(sparse_dir),
         "--output_dir", str(out), "--roi_size", "[32,32,32]",
     )  # fmt: skip
-    assert proc.returncode == 0, output_of(proc)[-4000:]
+    assert proc.returncode == 0, proc.stdout[-4000:]
     pred = nib.load(out / "ct_001_thin.nii.gz")
     # written in the input's storage orientation, on the thin grid of the original volume
     assert pred.shape == gt.shape
@@ -249,7 +220,7 @@ def test_inference_writes_thin_slices_with_the_ground_truth_affine(trained: Path
 def _infer_in_process(root: Path, inputs: Path, out: Path, **extra) -> None:
     bundle_run(
         "inference",
-        config_file=str(REPO / CT_INFER),
+        config_file=[str(REPO / "bundle" / "configs" / c) for c in ("inference.json", "ct_inference.json")],
         bundle_root=str(root),
         dataset_dir=str(inputs),
         output_dir=str(out),
@@ -327,7 +298,7 @@ def test_real_mr_crop_orientation_baselines_and_inference(trained: Path, tmp_pat
     )["image"]  # fmt: skip
     mask = acquired_mask(48, 4, 0)
     scores = {
-        mode: reconstruction_scores(ThinSliceResampled("image", mode=mode)(dict(d))["image"], truth, mask)
+        mode: reconstruction_scores(PrefixResampleZd("image", mode=mode)(dict(d))["image"], truth, mask)
         for mode in ("nearest", "trilinear", "cubic")
     }
     # on real anatomy, interpolating between slices beats repeating them

@@ -1,6 +1,7 @@
 """
-Transforms for sparse-slice CT/MR volumes: input checks, intensity windows that remember their mapping, a cubic
-B-spline baseline along the sparse axis, and data consistency on the acquired slices.
+Transforms for sparse-slice CT/MR volumes: input checks, intensity windows that remember their mapping, and data
+consistency on the acquired slices. The thin grid itself is rebuilt by
+:class:`~sparsessp_monai.transforms.PrefixResampleZd` (``mode="cubic"`` is the cubic B-spline baseline).
 
 The volumes are MONAI channel-first arrays ``(C, S0, S1, S2)``; after ``Orientationd(axcodes="SPL")`` the
 inferior-superior (axial slice) axis is spatial axis 0 (index increasing toward superior), the axis the network and
@@ -17,228 +18,25 @@ import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, ScaleIntensityRange, Transform
-from monai.utils import convert_to_dst_type
+from monai.transforms import MapTransform, ScaleIntensityRange
 
-from sparsessp_monai.transforms.array import (
-    SPARSE_Z_KEY,
-    PrefixResampleZ,
-    axis_scale_affine,
-    check_axis,
-    check_ratio,
-    validate_volume,
-)
+from sparsessp_monai.transforms.array import check_axis, check_ratio, image_name, validate_volume
 
 __all__ = [
     "MODALITIES",
-    "RESAMPLE_MODES",
     "WINDOW_KEY",
     "CheckVolumed",
-    "CubicResampleZ",
-    "CubicResampleZd",
     "InverseWindowd",
     "KeepAcquiredSlicesd",
-    "ThinSliceResampled",
     "WindowIntensityd",
     "acquired_mask",
-    "cubic_bspline_matrix",
+    "placement_from_meta",
+    "window_of",
 ]
 
 MODALITIES = ("CT", "MR")
-RESAMPLE_MODES = ("nearest", "trilinear", "hold", "cubic")
 WINDOW_KEY = "intensity_window"
 """Meta key holding ``[lo, hi]``: the intensities mapped to 0 and 1, so predictions map back to HU."""
-
-
-def _name(img: Any, key: Hashable = "image") -> str:
-    if isinstance(img, MetaTensor):
-        return str(img.meta.get("filename_or_obj", key))
-    return str(key)
-
-
-def _mirror(k: np.ndarray, n: int) -> np.ndarray:
-    """Fold integer sample indices into ``[0, n)`` by whole-sample mirroring (``d c b | a b c d | c b a``)."""
-    if n == 1:
-        return np.zeros_like(k)
-    period = 2 * n - 2
-    k = np.mod(k, period)
-    return np.where(k >= n, period - k, k)
-
-
-def _bspline3(x: np.ndarray) -> np.ndarray:
-    """The centred cubic B-spline kernel."""
-    a = np.abs(x)
-    return np.where(a < 1, 2.0 / 3.0 - a**2 + a**3 / 2.0, np.where(a < 2, (2.0 - a) ** 3 / 6.0, 0.0))
-
-
-def cubic_bspline_matrix(n: int, coords: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Matrix ``M`` (``len(coords) x n``) of interpolating cubic B-spline resampling with mirror boundaries.
-
-    ``M @ f`` evaluates at ``coords`` (in sample units) the cubic B-spline that passes through the ``n`` samples
-    ``f``, the signal being extended by whole-sample mirroring, which is ``scipy.ndimage.map_coordinates(order=3,
-    mode="mirror")`` along one axis. The prefilter is solved exactly (the ``n x n`` system of the mirrored
-    B-spline), not with a truncated recursive filter, so acquired samples come back to rounding precision.
-
-    Args:
-        n: number of samples (>= 1).
-        coords: positions to evaluate, any real numbers.
-    """
-    if n < 1:
-        raise ValueError(f"need at least one sample, got {n}.")
-    coords = np.asarray(coords, dtype=np.float64)
-    # sampling matrix S[i, k]: B-spline value at sample i of coefficient k, mirrored coefficients folded in
-    offsets = np.arange(-2, 3)
-
-    def fold(x: np.ndarray) -> np.ndarray:
-        base = np.floor(x)[:, None] + offsets[None, :]
-        w = _bspline3(x[:, None] - base)
-        out = np.zeros((x.size, n))
-        rows = np.repeat(np.arange(x.size), offsets.size)
-        np.add.at(out, (rows, _mirror(base.astype(np.int64), n).ravel()), w.ravel())
-        return out
-
-    prefilter = np.linalg.inv(fold(np.arange(n, dtype=np.float64)))
-    return fold(coords) @ prefilter
-
-
-class CubicResampleZ(Transform):
-    """
-    Rebuild the full grid of a sparse stack by interpolating cubic B-splines along the sparse axis, the classical
-    "cubic-spline interpolation" baseline for thin-slice reconstruction (order-3 spline of ``scipy.ndimage`` with
-    ``mode="mirror"``; the in-plane axes are already on the target grid).
-
-    The placement of the acquired slices comes from ``meta["sparse_z"]`` (written by
-    :class:`~sparsessp_monai.transforms.SubsampleZ`) or from the arguments, exactly as in
-    :class:`~sparsessp_monai.transforms.PrefixResampleZ`; acquired slices are reproduced to float rounding, the
-    affine becomes the thin-slice one and ``sparse_z_ratio`` / ``sparse_z_offset`` are recorded.
-
-    Args:
-        ratio: acquisition ratio for stacks without ``sparse_z`` meta.
-        target_depth: full-grid depth for stacks without ``sparse_z`` meta (default ``n * ratio``).
-        offset: full-grid index of the first acquired slice for stacks without ``sparse_z`` meta.
-        axis: the sparse spatial axis.
-        min_slices: fewer acquired slices than this is an error (a spline through one slice is a constant).
-    """
-
-    backend = [torch.Tensor, np.ndarray]
-
-    def __init__(
-        self,
-        ratio: int | None = None,
-        target_depth: int | None = None,
-        offset: int = 0,
-        axis: int = 0,
-        min_slices: int = 2,
-    ) -> None:
-        # PrefixResampleZ does the argument checks and knows how to read the placement
-        self._prefix = PrefixResampleZ(mode="nearest", ratio=ratio, target_depth=target_depth, offset=offset, axis=axis)
-        self.min_slices = int(min_slices)
-
-    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
-        """Resample a sparse ``(C, S0, S1, S2)`` stack to the full grid along the sparse axis."""
-        t = validate_volume(img)
-        ratio, offset, full_depth, axis = self._prefix._placement(t)
-        n = int(t.shape[axis + 1])
-        if n < self.min_slices:
-            raise ValueError(
-                f"{_name(t)}: too few slices for the ratio: {n} acquired slice(s), need {self.min_slices}."
-            )
-        if offset + (n - 1) * ratio >= full_depth:
-            raise ValueError(
-                f"{_name(t)}: too few slices in the target depth for the ratio: {n} slices at ratio {ratio} "
-                f"(offset {offset}) do not fit a target depth of {full_depth}."
-            )
-        coords = (np.arange(full_depth, dtype=np.float64) - offset) / ratio
-        m = torch.as_tensor(cubic_bspline_matrix(n, coords), dtype=torch.float32)
-        src = t if t.is_floating_point() else t.float()
-        dim = axis + 1
-        # contract the sparse axis with the (full_depth x n) resampling matrix, then put the axis back in place
-        plain = src.as_tensor() if isinstance(src, MetaTensor) else src
-        out = torch.movedim(torch.tensordot(m.to(plain.dtype), torch.movedim(plain, dim, 0), dims=1), 0, dim)
-        if isinstance(t, MetaTensor):
-            out = MetaTensor(out, meta=dict(t.meta), applied_operations=list(t.applied_operations))
-            out.affine = axis_scale_affine(t.affine, axis, 1.0 / ratio, -offset / ratio)
-            out.meta.pop(SPARSE_Z_KEY, None)
-            out.meta["sparse_z_ratio"] = ratio
-            out.meta["sparse_z_offset"] = offset
-        return out if isinstance(img, torch.Tensor) else convert_to_dst_type(out, img)[0]
-
-
-class ThinSliceResampled(MapTransform):
-    """
-    Rebuild the thin-slice grid of a sparse stack with a configurable method: ``"cubic"`` (:class:`CubicResampleZ`)
-    or one of the modes of :class:`~sparsessp_monai.transforms.PrefixResampleZ` (``"nearest"``, ``"trilinear"``,
-    ``"hold"``). Lets one config value (``prefix_mode``) choose the network input.
-
-    Args:
-        keys: image keys.
-        mode: ``"cubic"``, ``"trilinear"``, ``"nearest"`` or ``"hold"``.
-        ratio, target_depth, offset, axis, ratio_key: as in :class:`CubicResampleZd`.
-        min_slices: fewer acquired slices than this is an error.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        mode: str = "cubic",
-        ratio: int | None = None,
-        target_depth: int | None = None,
-        offset: int = 0,
-        axis: int = 0,
-        ratio_key: str | None = None,
-        min_slices: int = 2,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        if mode not in RESAMPLE_MODES:
-            raise ValueError(f"mode must be one of {RESAMPLE_MODES}, got {mode!r}.")
-        self.mode = mode
-        self.ratio = ratio
-        self.kwargs = {"target_depth": target_depth, "offset": offset, "axis": check_axis(axis)}
-        self.ratio_key = ratio_key
-        self.min_slices = int(min_slices)
-
-    def _transform(self, ratio: int | None) -> Transform:
-        if self.mode == "cubic":
-            return CubicResampleZ(ratio=ratio, min_slices=self.min_slices, **self.kwargs)
-        return PrefixResampleZ(mode=self.mode, ratio=ratio, **self.kwargs)
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        ratio = self.ratio
-        if self.ratio_key is not None and d.get(self.ratio_key) is not None:
-            ratio = int(d[self.ratio_key])
-        resample = self._transform(ratio)
-        for key in self.key_iterator(d):
-            img = d[key]
-            n = int(img.shape[self.kwargs["axis"] + 1]) if hasattr(img, "shape") and len(img.shape) == 4 else None
-            if self.mode != "cubic" and n is not None and n < self.min_slices:
-                raise ValueError(
-                    f"{_name(img, key)}: too few slices for the ratio: {n} acquired slice(s), need {self.min_slices}."
-                )
-            d[key] = resample(img)
-        return d
-
-
-class CubicResampleZd(ThinSliceResampled):
-    """Dictionary version of :class:`CubicResampleZ`: :class:`ThinSliceResampled` with ``mode="cubic"``;
-    ``ratio_key`` names an entry holding the ratio of a genuinely sparse stack (as written by
-    :class:`~sparsessp_monai.transforms.ResolveZRatiod`)."""
-
-    backend = CubicResampleZ.backend
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        ratio: int | None = None,
-        target_depth: int | None = None,
-        offset: int = 0,
-        axis: int = 0,
-        ratio_key: str | None = None,
-        min_slices: int = 2,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, "cubic", ratio, target_depth, offset, axis, ratio_key, min_slices, allow_missing_keys)
 
 
 class CheckVolumed(MapTransform):
@@ -258,7 +56,7 @@ class CheckVolumed(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            name = _name(img, key)
+            name = image_name(img, key)
             t = validate_volume(img, name=name)  # its message starts with the file name
             if min(t.shape[1:]) < self.min_size:
                 raise ValueError(
@@ -322,7 +120,9 @@ class WindowIntensityd(MapTransform):
         q = torch.quantile(x, torch.tensor([p / 100 for p in self.percentiles]))
         lo, hi = float(q[0]), float(q[1])
         if not hi > lo:
-            raise ValueError(f"{_name(img)}: intensity percentiles {self.percentiles} give an empty window {lo}..{hi}.")
+            raise ValueError(
+                f"{image_name(img)}: intensity percentiles {self.percentiles} give an empty window {lo}..{hi}."
+            )
         return lo, hi
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
@@ -341,11 +141,12 @@ class WindowIntensityd(MapTransform):
 
 
 def window_of(img: Any, default: Sequence[float] | None) -> tuple[float, float]:
+    """The ``(lo, hi)`` window recorded by :class:`WindowIntensityd` in ``img``'s meta, else ``default``."""
     win = img.meta.get(WINDOW_KEY) if isinstance(img, MetaTensor) else None
     if win is None:
         win = default
     if win is None:
-        raise ValueError(f"{_name(img)}: no intensity window in the meta data and no default window given.")
+        raise ValueError(f"{image_name(img)}: no intensity window in the meta data and no default window given.")
     lo, hi = (float(torch.as_tensor(v).reshape(-1)[0]) for v in win)
     return lo, hi
 
@@ -383,9 +184,13 @@ def acquired_mask(depth: int, ratio: int, offset: int) -> torch.Tensor:
 
 
 def placement_from_meta(img: Any) -> tuple[int, int]:
+    """``(ratio, offset)`` of the acquired slices of a stack rebuilt by
+    :class:`~sparsessp_monai.transforms.PrefixResampleZ` (its ``sparse_z_ratio`` / ``sparse_z_offset`` meta)."""
     meta = img.meta if isinstance(img, MetaTensor) else {}
     if "sparse_z_ratio" not in meta:
-        raise ValueError(f"{_name(img)}: no 'sparse_z_ratio' meta; resample the sparse stack with this package first.")
+        raise ValueError(
+            f"{image_name(img)}: no 'sparse_z_ratio' meta; resample the sparse stack with this package first."
+        )
     ratio = int(torch.as_tensor(meta["sparse_z_ratio"]).reshape(-1)[0])
     offset = int(torch.as_tensor(meta.get("sparse_z_offset", 0)).reshape(-1)[0])
     return ratio, offset

@@ -1,13 +1,17 @@
 """Sparse-Z transforms: simulate sparse acquisitions and rebuild the full Z grid."""
 
 from sparsessp_monai.transforms.array import (
+    PREFIX_MODES,
     SPARSE_Z_KEY,
     PrefixResampleZ,
     SubsampleZ,
+    image_name,
     ratio_from_z_steps,
     validate_volume,
+    z_placement,
     z_resample_plan,
 )
+from sparsessp_monai.transforms.bspline import cubic_bspline_matrix, cubic_z_matrix
 from sparsessp_monai.transforms.dictionary import (
     PrefixResampleZD,
     PrefixResampleZd,
@@ -24,6 +28,7 @@ from sparsessp_monai.transforms.ratio import ResolveZRatiod
 from sparsessp_monai.transforms.save import SavePredictiond
 
 __all__ = [
+    "PREFIX_MODES",
     "SPARSE_Z_KEY",
     "PrefixResampleZ",
     "PrefixResampleZD",
@@ -39,7 +44,11 @@ __all__ = [
     "SubsampleZD",
     "SubsampleZDict",
     "SubsampleZd",
+    "cubic_bspline_matrix",
+    "cubic_z_matrix",
+    "image_name",
     "ratio_from_z_steps",
     "validate_volume",
+    "z_placement",
     "z_resample_plan",
 ]

@@ -13,6 +13,7 @@ disk the same placement is given by ``ratio`` (or the two z-steps) and the targe
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
@@ -22,17 +23,33 @@ from monai.data import MetaTensor, get_track_meta
 from monai.transforms import Transform
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
+from sparsessp_monai.transforms.bspline import cubic_z_matrix
+
 __all__ = [
+    "PREFIX_MODES",
     "SPARSE_Z_KEY",
     "PrefixResampleZ",
     "SubsampleZ",
+    "axis_scale_affine",
+    "check_axis",
+    "check_ratio",
+    "image_name",
     "ratio_from_z_steps",
     "validate_volume",
+    "z_placement",
     "z_resample_plan",
 ]
 
 SPARSE_Z_KEY = "sparse_z"
-PREFIX_MODES = ("nearest", "trilinear", "hold")
+PREFIX_MODES = ("nearest", "trilinear", "hold", "cubic")
+"""The ways :class:`PrefixResampleZ` can fill the slices between acquired ones."""
+
+
+def image_name(img: Any, key: Hashable = "image") -> str:
+    """The file an image came from (``meta["filename_or_obj"]``), else ``key``: the subject of error messages."""
+    if isinstance(img, MetaTensor):
+        return str(img.meta.get("filename_or_obj", key))
+    return str(key)
 
 
 def validate_volume(img: NdarrayOrTensor, name: str = "image") -> torch.Tensor:
@@ -53,6 +70,7 @@ def validate_volume(img: NdarrayOrTensor, name: str = "image") -> torch.Tensor:
 
 
 def check_ratio(ratio: Any) -> int:
+    """``ratio`` as a positive ``int`` (an integral float is accepted); ``ValueError`` otherwise."""
     if isinstance(ratio, bool) or not isinstance(ratio, (int, np.integer)):
         if isinstance(ratio, float) and ratio.is_integer():
             ratio = int(ratio)
@@ -64,6 +82,7 @@ def check_ratio(ratio: Any) -> int:
 
 
 def check_axis(axis: int) -> int:
+    """``axis`` as a spatial axis 0, 1 or 2 of a ``(C, S0, S1, S2)`` volume; ``ValueError`` otherwise."""
     if axis not in (0, 1, 2):
         raise ValueError(f"axis must be a spatial axis 0, 1 or 2 of a (C, S0, S1, S2) volume, got {axis!r}.")
     return int(axis)
@@ -153,6 +172,31 @@ class SubsampleZ(Transform):
         return out if isinstance(img, torch.Tensor) else convert_to_dst_type(out, img)[0]
 
 
+def z_placement(
+    img: NdarrayOrTensor, ratio: int | None = None, offset: int = 0, target_depth: int | None = None, axis: int = 0
+) -> tuple[int, int, int, int]:
+    """Where the acquired slices of a sparse ``(C, S0, S1, S2)`` stack sit on the full grid.
+
+    Returns ``(ratio, offset, full_depth, axis)``: acquired slice ``k`` is full-grid slice ``offset + k * ratio``
+    of ``full_depth`` along spatial ``axis``. Read from ``meta["sparse_z"]`` (written by :class:`SubsampleZ`) when
+    ``img`` carries it, otherwise from the arguments, which describe a genuinely sparse stack; ``target_depth``
+    defaults to ``n * ratio`` for ``n`` acquired slices.
+
+    Raises:
+        ValueError: no ``sparse_z`` meta and no ``ratio``.
+    """
+    info = img.meta.get(SPARSE_Z_KEY) if isinstance(img, MetaTensor) else None
+    if info:
+        return int(info["ratio"]), int(info["offset"]), int(info["full_depth"]), int(info["axis"])
+    if ratio is None:
+        raise ValueError(
+            "the stack carries no 'sparse_z' meta: give the acquisition ratio (or z_step and target_z_step)."
+        )
+    n = int(img.shape[axis + 1])
+    full_depth = n * ratio if target_depth is None else int(target_depth)
+    return int(ratio), int(offset), full_depth, int(axis)
+
+
 class PrefixResampleZ(Transform):
     """
     Rebuild the full Z grid from a sparse stack before the network ("prefix" z-mapping of SparseSSP).
@@ -164,22 +208,30 @@ class PrefixResampleZ(Transform):
       already on the target grid, so trilinear resampling reduces to this); beyond the first/last acquired
       slice the edge slice is repeated,
     - ``"hold"``: ``torch.nn.functional.interpolate(mode="nearest")`` to the target depth, the behaviour of the
-      SparseSSP reference code, which ignores ``offset`` and shifts slices by up to ``ratio - 1``.
+      SparseSSP reference code, which ignores ``offset`` and shifts slices by up to ``ratio - 1``,
+    - ``"cubic"``: the interpolating cubic B-spline through the acquired slices
+      (:func:`~sparsessp_monai.transforms.bspline.cubic_bspline_matrix`, ``scipy.ndimage`` order 3 with
+      ``mode="mirror"``), the classical thin-slice CT/MR baseline.
 
-    With ``"nearest"`` and ``"trilinear"`` the acquired slices are copied bit-exactly to their true positions.
+    With ``"nearest"`` and ``"trilinear"`` the acquired slices are copied bit-exactly to their true positions,
+    with ``"cubic"`` to float rounding. The output is on the full grid: the affine becomes the thin-slice one and
+    ``meta["sparse_z_ratio"]`` / ``meta["sparse_z_offset"]`` record the placement (metrics and data consistency
+    tell acquired slices from predicted ones with it).
 
     The placement comes from ``meta["sparse_z"]`` (written by :class:`SubsampleZ`) when present, otherwise from
     the arguments, which describe a genuinely sparse stack: ``ratio`` (or ``z_step`` and ``target_z_step``),
-    ``offset`` and ``target_depth`` (default ``n * ratio`` for ``n`` acquired slices).
+    ``offset`` and ``target_depth`` (default ``n * ratio`` for ``n`` acquired slices); see :func:`z_placement`.
 
     Args:
-        mode: ``"nearest"``, ``"trilinear"`` or ``"hold"``.
+        mode: one of :data:`PREFIX_MODES`: ``"nearest"``, ``"trilinear"``, ``"hold"`` or ``"cubic"``.
         ratio: acquisition ratio for stacks without ``sparse_z`` meta.
         target_depth: full-grid depth for stacks without ``sparse_z`` meta.
         offset: full-grid index of the first acquired slice for stacks without ``sparse_z`` meta.
         axis: the sparse spatial axis.
         z_step: acquired slice spacing; with ``target_z_step`` it gives ``ratio``.
         target_z_step: spacing of the full grid.
+        min_slices: fewer acquired slices than this is a "too few slices" error; default 2 for ``"cubic"`` (a
+            spline through one slice is a constant), 1 for the other modes.
     """
 
     backend = [torch.Tensor, np.ndarray]
@@ -193,6 +245,7 @@ class PrefixResampleZ(Transform):
         axis: int = 0,
         z_step: float | None = None,
         target_z_step: float | None = None,
+        min_slices: int | None = None,
     ) -> None:
         if mode not in PREFIX_MODES:
             raise ValueError(f"mode must be one of {PREFIX_MODES}, got {mode!r}.")
@@ -209,49 +262,31 @@ class PrefixResampleZ(Transform):
         self.target_depth = None if target_depth is None else int(target_depth)
         self.offset = int(offset)
         self.axis = check_axis(axis)
-
-    def _placement(self, t: torch.Tensor) -> tuple[int, int, int, int]:
-        """(ratio, offset, full_depth, axis) for ``t``, from its meta if recorded, else from the arguments."""
-        info = t.meta.get(SPARSE_Z_KEY) if isinstance(t, MetaTensor) else None
-        if info:
-            ratio, offset = int(info["ratio"]), int(info["offset"])
-            full_depth, axis = int(info["full_depth"]), int(info["axis"])
-            return ratio, offset, full_depth, axis
-        if self.ratio is None:
-            raise ValueError(
-                "the stack carries no 'sparse_z' meta: give the acquisition ratio (or z_step and target_z_step)."
-            )
-        n = int(t.shape[self.axis + 1])
-        full_depth = n * self.ratio if self.target_depth is None else self.target_depth
-        return self.ratio, self.offset, full_depth, self.axis
+        self.min_slices = (2 if mode == "cubic" else 1) if min_slices is None else int(min_slices)
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
-        """Resample a sparse ``(C, S0, S1, S2)`` stack to the full grid along the sparse axis."""
+        """Resample a sparse ``(C, S0, S1, S2)`` stack to the full ``(C, ...)`` grid along the sparse axis."""
         t = validate_volume(img)
-        ratio, offset, full_depth, axis = self._placement(t)
+        name = image_name(t)
+        ratio, offset, full_depth, axis = z_placement(t, self.ratio, self.offset, self.target_depth, self.axis)
         n = int(t.shape[axis + 1])
         if n < 1:
-            raise ValueError("the sparse stack has no slices.")
+            raise ValueError(f"{name}: the sparse stack has no slices.")
+        if n < self.min_slices:
+            raise ValueError(f"{name}: too few slices for the ratio: {n} acquired slice(s), need {self.min_slices}.")
         if not 0 <= offset < ratio:
             raise ValueError(f"offset must be in [0, ratio={ratio}), got {offset}.")
         last = offset + (n - 1) * ratio
         if last >= full_depth:
             raise ValueError(
-                f"too few slices in the target depth for the ratio: {n} slices at ratio {ratio} (offset {offset}) "
-                f"reach index {last}, beyond a target depth of {full_depth}."
+                f"{name}: too few slices in the target depth for the ratio: {n} slices at ratio {ratio} "
+                f"(offset {offset}) reach index {last}, beyond a target depth of {full_depth}."
             )
-        lo, hi, w = z_resample_plan(n, ratio, offset, full_depth, self.mode)
-        # the plan is built on the CPU; the volume may live on a GPU
-        lo, hi = lo.to(t.device), hi.to(t.device)
         dim = axis + 1
-        if w is None:
-            out = t.index_select(dim, lo)
+        if self.mode == "cubic":
+            out = self.apply_matrix(t, cubic_z_matrix(n, ratio, offset, full_depth), dim)
         else:
-            src = t if t.is_floating_point() else t.float()
-            shape = [1] * src.ndim
-            shape[dim] = full_depth
-            w = w.to(device=src.device, dtype=src.dtype).reshape(shape)
-            out = src.index_select(dim, lo) * (1 - w) + src.index_select(dim, hi) * w
+            out = self.apply_plan(t, z_resample_plan(n, ratio, offset, full_depth, self.mode), dim)
         if isinstance(out, MetaTensor):
             out.meta = dict(out.meta)
             out.affine = axis_scale_affine(out.affine, axis, 1.0 / ratio, -offset / ratio)
@@ -260,6 +295,34 @@ class PrefixResampleZ(Transform):
             out.meta["sparse_z_ratio"] = ratio
             out.meta["sparse_z_offset"] = offset
         return out if isinstance(img, torch.Tensor) else convert_to_dst_type(out, img)[0]
+
+    @staticmethod
+    def apply_plan(
+        t: torch.Tensor, plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], dim: int
+    ) -> torch.Tensor:
+        """Apply a :func:`z_resample_plan` ``(lo, hi, w)`` along tensor dimension ``dim`` of ``t``."""
+        lo, hi, w = plan
+        # the plan is built on the CPU; the volume may live on a GPU
+        lo, hi = lo.to(t.device), hi.to(t.device)
+        if w is None:
+            return t.index_select(dim, lo)
+        src = t if t.is_floating_point() else t.float()
+        shape = [1] * src.ndim
+        shape[dim] = int(lo.numel())
+        w = w.to(device=src.device, dtype=src.dtype).reshape(shape)
+        return src.index_select(dim, lo) * (1 - w) + src.index_select(dim, hi) * w
+
+    @staticmethod
+    def apply_matrix(t: torch.Tensor, matrix: torch.Tensor, dim: int) -> torch.Tensor:
+        """Contract tensor dimension ``dim`` of ``t`` (size ``n``) with a ``(full_depth, n)`` resampling matrix."""
+        src = t if t.is_floating_point() else t.float()
+        plain = src.as_tensor() if isinstance(src, MetaTensor) else src
+        m = matrix.to(device=plain.device, dtype=plain.dtype)
+        # tensordot contracts the leading axis; move the sparse axis there and the rebuilt one back in place
+        out = torch.movedim(torch.tensordot(m, torch.movedim(plain, dim, 0), dims=1), 0, dim)
+        if isinstance(t, MetaTensor):
+            out = MetaTensor(out, meta=dict(t.meta), applied_operations=list(t.applied_operations))
+        return out
 
 
 def z_resample_plan(

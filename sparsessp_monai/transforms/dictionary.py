@@ -81,11 +81,14 @@ class RandSubsampleZd(Randomizable, MapTransform):
 
 
 class PrefixResampleZd(MapTransform):
-    """Dictionary version of :class:`~sparsessp_monai.transforms.array.PrefixResampleZ`.
+    """Dictionary version of :class:`~sparsessp_monai.transforms.array.PrefixResampleZ` (every mode of
+    :data:`~sparsessp_monai.transforms.array.PREFIX_MODES`, ``"cubic"`` included), one config value choosing
+    the network input of the microscopy and the thin-slice CT/MR bundles.
 
     ``ratio_key`` optionally names a data-dictionary entry holding the acquisition ratio of a genuinely sparse
-    stack (for instance read from a datalist or from file metadata), used when the image carries no
-    ``sparse_z`` meta; it takes precedence over the ``ratio`` argument.
+    stack (for instance read from a datalist, from file metadata, or written by
+    :class:`~sparsessp_monai.transforms.ResolveZRatiod`), used when the image carries no ``sparse_z`` meta; it
+    takes precedence over the ``ratio`` argument. ``min_slices`` is as in ``PrefixResampleZ``.
     """
 
     backend = PrefixResampleZ.backend
@@ -101,10 +104,18 @@ class PrefixResampleZd(MapTransform):
         z_step: float | None = None,
         target_z_step: float | None = None,
         ratio_key: str | None = None,
+        min_slices: int | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.kwargs = {"mode": mode, "target_depth": target_depth, "offset": offset, "axis": axis}
+        # everything but the ratio, which ``ratio_key`` may override per sample
+        self.kwargs = {
+            "mode": mode,
+            "target_depth": target_depth,
+            "offset": offset,
+            "axis": axis,
+            "min_slices": min_slices,
+        }
         self.resample = PrefixResampleZ(ratio=ratio, z_step=z_step, target_z_step=target_z_step, **self.kwargs)
         self.ratio_key = ratio_key
 
