@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
 from sparsessp_monai.experiments import benchmarking as bm  # noqa: E402
+from sparsessp_monai.io.publish import atomic_write_text  # noqa: E402
 from sparsessp_monai.networks import TOPOLOGIES  # noqa: E402
 
 DEFAULT_TOPOLOGY = "3to2d"
@@ -159,7 +160,8 @@ def measure_volume(args: argparse.Namespace, topology: str, precision: str, devi
     )
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
     # CPU seconds per run: on a shared machine, CPU time / threads bounds what an idle machine would take
-    cpu = (usage1.ru_utime + usage1.ru_stime - usage0.ru_utime - usage0.ru_stime) / (warmup + args.volume_repeats)
+    cpu_s = usage1.ru_utime + usage1.ru_stime - usage0.ru_utime - usage0.ru_stime
+    cpu = cpu_s / bm.timed_calls(warmup, args.volume_repeats)
     return {"volume_s": seconds, "volume_cpu_s": cpu, "volume_peak_mib": bm.peak_memory_mib(device)}
 
 
@@ -271,7 +273,6 @@ def render_markdown(
     accuracy: dict | None,
     command: str,
     png_name: str,
-    png_note: str,
 ) -> str:
     """The Markdown report: command, date, machine, per-topology table, full-volume table, bf16 accuracy."""
     settings = inference_settings(args)
@@ -341,7 +342,7 @@ def render_markdown(
               f"{accuracy['r2_bf16']:.4f}", f"{accuracy['r2_change']:+.4f}"]],
             "rrrrr",
         ))
-    lines.append(f"\nPlot: `{png_name}` ({png_note}).\n")
+    lines.append(f"\nPlot: `{png_name}`.\n")
     return "\n".join(lines)
 
 
@@ -402,21 +403,16 @@ def main(argv: list[str] | None = None) -> int:
         for r in csv_rows:
             r.update({f"bf16_{k}": v for k, v in accuracy.items() if k != "checkpoint"})
     groups = [f"{r['topology']} {r['precision']}" for r in rows]
-    png_note = bm.bar_chart_png(
+    bm.bar_chart_png(
         out / f"{stem}.png",
         groups,
         {"train step (s)": [r["train_s"] for r in rows], "inference (s)": [r["infer_s"] for r in rows]},
         f"SparseSSP topologies, {device.type}",
         "seconds per patch",
     )
-    png_note = (
-        "matplotlib" if png_note == "matplotlib"
-        else "matplotlib not installed: plain bars, one group per table row in order, blue = train step, "
-             "red = inference"
-    )
     bm.write_csv(out / f"{stem}.csv", csv_rows)
-    md = render_markdown(args, device, rows, accuracy, command.strip(), f"{stem}.png", png_note)
-    bm.atomic_write_text(out / f"{stem}.md", md)
+    md = render_markdown(args, device, rows, accuracy, command.strip(), f"{stem}.png")
+    atomic_write_text(out / f"{stem}.md", md)
     print(md)
     return 0
 

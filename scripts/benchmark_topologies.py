@@ -95,14 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         f"features_3d={args.features_3d}, features_2d={args.features_2d}, {args.threads} threads, "
         f"torch {torch.__version__}; medians of {args.repeats} runs.\n"
     )
-    header = ["topology", "precision", "params (M)", "GFLOP/patch", "vs reference", "train step (s)", "inference (s)"]
-    print("| " + " | ".join([*header, "peak RSS (MiB)"]) + " |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['topology']} | {r['precision']} | {r['params_m']:.2f} | {r['gflop']:.1f} | "
-            f"{r['gflop'] / REFERENCE_GFLOP:.3f} | {r['train_s']:.3f} | {r['infer_s']:.3f} | {r['peak_rss_mib']:.0f} |"
-        )
+    header = ["topology", "precision", "params (M)", "GFLOP/patch", "vs reference", "train step (s)", "inference (s)",
+              "peak RSS (MiB)"]
+    body = [[r["topology"], r["precision"], f"{r['params_m']:.2f}", f"{r['gflop']:.1f}",
+             f"{r['gflop'] / REFERENCE_GFLOP:.3f}", f"{r['train_s']:.3f}", f"{r['infer_s']:.3f}",
+             f"{r['peak_rss_mib']:.0f}"] for r in rows]
+    print(bm.markdown_table(header, body, "ll" + "r" * 6), end="")
     by = {(r["topology"], r["precision"]): r for r in rows}
     for precision in args.precisions:
         if ("3d", precision) in by and ("3to2d", precision) in by:

@@ -1,6 +1,7 @@
 """
 Train every SparseSSP variant with the same data, seed and budget, evaluate at r = 1, 2, 4, 8, and check the
-paper's claims (library: :mod:`sparsessp_monai.experiments.study`).
+paper's claims (library: :mod:`sparsessp_monai.experiments.study`, claims and report in
+:mod:`sparsessp_monai.experiments.claims`).
 
 Writes ``<out>/study_<device>.csv`` and ``.md`` (command and date at the top). Results of finished variants are
 cached in ``<out>/study_<device>_cache.json``: a killed run continues where it stopped (``--fresh`` ignores it).
@@ -25,9 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from sparsessp_monai import study  # noqa: E402
 from sparsessp_monai.engines.bundle_utils import fast_bf16  # noqa: E402
 from sparsessp_monai.experiments import benchmarking as bm  # noqa: E402
+from sparsessp_monai.experiments import claims, study  # noqa: E402
+from sparsessp_monai.io.publish import atomic_write_text  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: unreadable cache {cache_path}, starting afresh", file=sys.stderr)
 
     def save(c: dict) -> None:
-        bm.atomic_write_text(cache_path, json.dumps(c, indent=1))
+        atomic_write_text(cache_path, json.dumps(c, indent=1))
 
     t0 = time.perf_counter()
     try:
@@ -95,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    claims = study.check_claims(rows, settings.ratios, settings.ablation_ratio, args.little_drop, args.degrade_drop)
+    verdicts = claims.check_claims(rows, settings.ratios, settings.ablation_ratio, args.little_drop, args.degrade_drop)
     command = "python scripts/study.py " + " ".join(shlex.quote(a) for a in argv)
-    md = study.render_markdown(rows, claims, settings, command.strip(), device.type, args.quick,
-                               time.perf_counter() - t0)
+    md = claims.render_markdown(rows, verdicts, settings, command.strip(), device.type, args.quick,
+                                time.perf_counter() - t0)
     bm.write_csv(out / f"{stem}.csv", rows)
-    bm.atomic_write_text(out / f"{stem}.md", md)
+    atomic_write_text(out / f"{stem}.md", md)
     print(md)
     return 0
 

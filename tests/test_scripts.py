@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from sparsessp_monai.experiments import benchmarking as bm
-from sparsessp_monai.experiments.study import Variant, check_claims, default_variants, macro_scores
+from sparsessp_monai.experiments.claims import check_claims
+from sparsessp_monai.experiments.study import Variant, default_variants, macro_scores
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
@@ -154,3 +155,21 @@ def test_benchmark_bad_input_fails_without_output(tmp_path):
     assert not (tmp_path / "o").exists()
     made = _run("make_results.py", "--docs", str(tmp_path))
     assert made.returncode == 2 and not (tmp_path / "results.md").exists()
+
+
+def test_median_time_counts_calls_and_returns_the_median():
+    calls = []
+    threads = torch.get_num_threads()
+    seconds = bm.median_time(lambda: calls.append(torch.get_num_threads()), torch.device("cpu"), warmup=3, repeats=4)
+    assert len(calls) == bm.timed_calls(3, 4) == 3 + 4 * (1 + bm.TIMER_WARMUP_CALLS)
+    assert set(calls) == {threads}  # timed with the caller's threads, not the Timer's default of one
+    assert 0 < seconds < 1
+
+
+def test_write_csv_and_bar_chart(tmp_path):
+    path = bm.write_csv(tmp_path / "rows.csv", [{"a": 1, "b": 2.5}, {"a": 3, "c": "x"}])
+    assert list(csv.DictReader(path.open())) == [{"a": "1", "b": "2.5", "c": ""}, {"a": "3", "b": "", "c": "x"}]
+    png = bm.bar_chart_png(tmp_path / "sub" / "chart.png", ["g1", "g2"], {"s1": [1.0, 2.0], "s2": [0.5, 3.0]},
+                           "title", "seconds")
+    assert png == tmp_path / "sub" / "chart.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in png.parent.iterdir()] == ["chart.png"]  # no temporary file left behind

@@ -3,34 +3,34 @@ Shared pieces of the speed benchmarks (``scripts/benchmark.py``, ``scripts/bench
 the bundle's network from its config, timing a train step / a forward pass / a full-volume sliding-window
 prediction, GFLOP counting, peak memory, running one measurement per fresh subprocess, and Markdown/CSV/PNG output.
 
-Every timing is the median of ``repeats`` runs after ``warmup`` untimed ones; on CUDA the device is synchronised
-around each run so the time covers the kernels and not just their launch.
+Every timing is the median of ``repeats`` runs after ``warmup`` untimed ones, measured by
+:class:`torch.utils.benchmark.Timer`, which synchronises the accelerator around each run so the time covers the
+kernels and not just their launch.
 """
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.benchmark import Measurement, Timer
 from torch.utils.flop_counter import FlopCounterMode
 
-from sparsessp_monai.io.publish import atomic_write_text
+from sparsessp_monai.io.publish import atomic_write, atomic_write_text, csv_text
 
 __all__ = [
     "REFERENCE_GFLOP",
-    "atomic_write_text",
+    "TIMER_WARMUP_CALLS",
+    "autocast",
     "bar_chart_png",
     "build_network",
     "count_gflop",
@@ -43,6 +43,7 @@ __all__ = [
     "run_worker",
     "time_full_volume",
     "time_patch",
+    "timed_calls",
     "write_csv",
 ]
 
@@ -85,23 +86,31 @@ def build_network(
     return net
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+TIMER_WARMUP_CALLS = 2
+"""Untimed calls ``torch.utils.benchmark.Timer.timeit`` makes before each timed block (its own warm-up)."""
+
+
+def timed_calls(warmup: int, repeats: int) -> int:
+    """How many times :func:`median_time` calls its function, e.g. to turn the CPU time it used into a per-run cost."""
+    return warmup + max(1, repeats) * (1 + TIMER_WARMUP_CALLS)
 
 
 def median_time(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time in seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+    """
+    Median wall time in seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls.
+
+    Each run is its own one-call :meth:`torch.utils.benchmark.Timer.timeit` block, so the result is a median over
+    runs and not the mean of a block; the Timer adds :data:`TIMER_WARMUP_CALLS` untimed calls before each block
+    (see :func:`timed_calls`). ``device``: the CUDA device the Timer synchronises (made current while timing).
+    """
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(max(1, repeats)):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    # Timer runs with one thread unless told otherwise: keep the threads the caller set up
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    current = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with current:
+        runs = [timer.timeit(number=1) for _ in range(max(1, repeats))]
+    return Measurement.merge(runs)[0].median
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:
@@ -237,20 +246,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: 
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
-    """Write dict rows (union of their keys as columns, first-seen order) as CSV, atomically."""
+    """Write dict rows (union of their keys as columns, first-seen order, missing values empty) as CSV, atomically."""
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return atomic_write_text(path, buf.getvalue())
-
-
-_PALETTE = [(66, 133, 244), (234, 67, 53), (251, 188, 5), (52, 168, 83), (154, 80, 200), (0, 172, 193)]
+    return atomic_write_text(path, csv_text(columns, [[row.get(c, "") for c in columns] for row in rows]))
 
 
 def bar_chart_png(
@@ -259,59 +259,25 @@ def bar_chart_png(
     series: dict[str, Sequence[float]],
     title: str,
     ylabel: str,
-) -> str:
+) -> Path:
     """
-    Grouped bar chart: one group per entry of ``groups``, one bar per series. Uses matplotlib when installed
-    (labelled axes); otherwise draws plain bars with numpy and :func:`sparsessp_monai.io.write_png` (colours in
-    ``series`` order, groups left to right, no text). Returns ``"matplotlib"`` or ``"plain"``.
+    Grouped bar chart drawn with matplotlib, written atomically as a PNG: one group per entry of ``groups``
+    (x axis, left to right), one bar per series (``series[name][g]`` is the bar of group ``g``), legend in
+    ``series`` order. Returns ``path``.
     """
-    path = Path(path)
+    # the object-oriented API without pyplot: no global backend or figure registry, nothing to close
+    from matplotlib.figure import Figure
+
     names = list(series)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        plt = None
-    if plt is not None:
-        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) * max(1, len(names)) / 2), 4))
-        width = 0.8 / max(1, len(names))
-        xs = np.arange(len(groups))
-        for i, name in enumerate(names):
-            ax.bar(xs + i * width - 0.4 + width / 2, series[name], width, label=name)
-        ax.set_xticks(xs, groups, rotation=20)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.legend()
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, dpi=100)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-            plt.close(fig)
-        return "matplotlib"
-
-    from sparsessp_monai.io import write_png
-
-    height, bar_w, gap = 240, 18, 14
-    values = np.array([[float(series[n][g]) for n in names] for g in range(len(groups))], dtype=float)
-    vmax = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
-    width = gap + len(groups) * (len(names) * bar_w + gap)
-    img = np.full((height + 10, width, 3), 255, dtype=np.uint8)
-    img[height, :] = 0  # baseline
-    for g in range(len(groups)):
-        x0 = gap + g * (len(names) * bar_w + gap)
-        for i in range(len(names)):
-            v = values[g, i]
-            if not np.isfinite(v) or vmax <= 0:
-                continue
-            h = max(1, round(height * v / vmax))
-            img[height - h : height, x0 + i * bar_w : x0 + (i + 1) * bar_w - 2] = _PALETTE[i % len(_PALETTE)]
-    write_png(path, img)
-    return "plain"
+    fig = Figure(figsize=(max(6, 1.2 * len(groups) * max(1, len(names)) / 2), 4))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(names))
+    xs = np.arange(len(groups))
+    for i, name in enumerate(names):
+        ax.bar(xs + i * width - 0.4 + width / 2, series[name], width, label=name)
+    ax.set_xticks(xs, groups, rotation=20)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
