@@ -183,6 +183,7 @@ def measure_bf16_accuracy(args: argparse.Namespace, checkpoint: str, device: tor
     except RuntimeError as exc:
         raise ValueError(f"checkpoint {checkpoint} does not match the config's network_def: {exc}") from exc
     net.eval()
+    parser.get_parsed_content("prepare_data")  # the demo data, when the config trains on it
     items = parser.get_parsed_content("val_datalist")[: args.val_limit]
     data = Dataset(items, transform=parser.get_parsed_content("validate#preprocessing"))
     settings = inference_settings(args)

@@ -4,7 +4,8 @@ slab of the MNI ICBM152 T1 template and compare the model with trilinear and cub
 sparse slices on a disjoint slab (a gap of ``--gap`` mm between them), with the bundle's own evaluation.
 
 The slabs are written as NIfTI files with their exact affines into ``--work_dir``; training and evaluation are the
-user commands (``ct_train.json``, then ``ct_train.json`` + ``ct_evaluate.json``) run in-process with overrides.
+user commands (``ct_train.json`` merged on ``train.json``, then ``evaluate.json`` + ``ct_evaluate.json`` on top) run
+in-process with overrides.
 Model selection never looks at the held-out slab: there is no validation during training and the final weights
 (``checkpoint_final.pt``) are evaluated.
 
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     run(
         "training",
-        config_file=str(CONFIGS / "ct_train.json"),
+        config_file=[str(CONFIGS / c) for c in ("train.json", "ct_train.json")],
         **common,
         **{
             "train#trainer#max_epochs": args.epochs,
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     train_s = time.perf_counter() - start
     run(
         "evaluating",
-        config_file=[str(CONFIGS / "ct_train.json"), str(CONFIGS / "ct_evaluate.json")],
+        config_file=[str(CONFIGS / c) for c in ("train.json", "ct_train.json", "evaluate.json", "ct_evaluate.json")],
         **common,
         ckpt_path=str(root / "models" / "ct" / "checkpoint_final.pt"),
     )

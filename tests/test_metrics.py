@@ -264,6 +264,11 @@ def _ddp_worker(local_rank: int, tmp_dir: str) -> None:
     evaluator = make_evaluator(data, saver, decollate=True)
     evaluator.run()
     assert evaluator.state.metrics["val_r2/mito"] == saver.per_structure["mito"]["val_r2"]
+    # file names gathered in rank order, each beside its own task id, on every rank
+    expected = [f"/data/{STRUCTURES[t]}/cell_{10 * r}_{i}.tif" for r, part in enumerate((TASKS[:4], TASKS[4:]))
+                for i, t in enumerate(part)]
+    assert [row["filename"] for row in saver.per_image] == expected
+    assert [row["task"] for row in saver.per_image] == TASKS
 
 
 def test_distributed_gather_order(tmp_path: Path) -> None:

@@ -50,7 +50,9 @@ def _cli_args(overrides: dict) -> list[str]:
     return args
 
 
-def _torchrun(bundle_root: Path, **extra) -> subprocess.CompletedProcess:
+def _torchrun(
+    bundle_root: Path, config_files: list[str] = CONFIG_FILES, overrides: dict = OVERRIDES, **extra
+) -> subprocess.CompletedProcess:
     """Run the Model Zoo multi-GPU command on CPU (gloo), killing the whole process group on timeout."""
     cmd = [
         sys.executable,
@@ -64,10 +66,10 @@ def _torchrun(bundle_root: Path, **extra) -> subprocess.CompletedProcess:
         "run",
         "training",
         "--config_file",
-        str(CONFIG_FILES),
+        str(config_files),
         "--bundle_root",
         str(bundle_root),
-        *_cli_args({**OVERRIDES, **extra}),
+        *_cli_args({**overrides, **extra}),
     ]
     # no GPU for the ranks, whatever the machine has: the config then picks the CPU and gloo
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -162,3 +164,30 @@ def test_torchrun_two_ranks_on_cpu_trains_validates_resumes_and_saves_a_plain_mo
     final = torch.load(models / "checkpoint_final.pt", map_location="cpu", weights_only=False)
     assert final["trainer"]["max_epochs"] == 2
     assert final["trainer"]["iteration"] == 2 * final["trainer"]["epoch_length"]
+
+
+# the CT overlay merged between train.json and the multi-GPU config: CT gets multi-GPU training for free
+CT_CONFIG_FILES = [str(CONFIGS / "train.json"), str(CONFIGS / "ct_train.json"), str(CONFIGS / "multi_gpu_train.json")]
+CT_OVERRIDES = {
+    "train#trainer#max_epochs": 1,
+    "val_interval": 1,
+    "demo#num_train": 2,
+    "demo#num_val": 2,
+    "num_val": 2,
+    "demo#shape": [32, 32, 40],
+    "patch_size": [32, 32, 32],
+    "val_roi_size": [32, 32, 32],
+    "samples_per_volume": 2,
+}
+
+
+@needs_gloo
+def test_torchrun_two_ranks_train_the_ct_overlay(tmp_path: Path) -> None:
+    result = _torchrun(tmp_path, CT_CONFIG_FILES, CT_OVERRIDES)
+    assert result.returncode == 0, result.stdout[-6000:]
+    models = tmp_path / "models" / "ct"
+    for name in ("model.pt", "checkpoint_final.pt", "checkpoint_epoch=1.pt"):
+        assert (models / name).is_file(), f"{name} missing"
+    # each rank scores its own validation volume; the report gathers both (written once, on rank 0)
+    rows = _read_csv(tmp_path / "eval" / "ct" / "val_per_volume.csv")
+    assert sorted(Path(r["filename"]).name for r in rows) == ["ct_002.nii.gz", "ct_003.nii.gz"]

@@ -21,6 +21,7 @@ from sparsessp_monai.ct.transforms import acquired_mask, placement_from_meta, wi
 from sparsessp_monai.io.publish import atomic_write_text, csv_text
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+idist, _ = optional_import("ignite", IgniteInfo.OPT_IMPORT_VERSION, min_version, "distributed")
 if TYPE_CHECKING:
     from ignite.engine import Engine
 else:
@@ -126,11 +127,16 @@ class ThinSliceComparison:
         return out
 
     def report(self, engine: Engine | None = None) -> dict[str, float]:
-        """Write the per-volume and summary reports and publish the summary in ``engine.state.metrics``."""
+        """Write the per-volume and summary reports and publish the summary in ``engine.state.metrics``.
+
+        Under data-parallel evaluation every rank scores its own shard: the rows are gathered (rank order) first,
+        so every rank holds the same summary and rank 0 alone writes the reports."""
+        if idist.get_world_size() > 1:
+            self.rows = [row for part in idist.all_gather(list(self.rows)) for row in part]
         summary = self.summary()
         if engine is not None:
             engine.state.metrics.update(summary)
-        if not self.rows:
+        if not self.rows or idist.get_rank() > 0:
             return summary
         self.save_dir.mkdir(parents=True, exist_ok=True)
         _atomic_csv(self.save_dir / f"{self.prefix}_per_volume.csv", list(self.rows[0]), self.rows)
