@@ -1,6 +1,16 @@
 """What the bundle's engines need beyond MONAI and Ignite: bundle-root and flag helpers, a bf16 autocast inferer."""
 
 from sparsessp_monai.engines.bundle_utils import as_bool, default_bundle_root, fast_bf16, latest_checkpoint
+from sparsessp_monai.engines.errors import BundleInputError, find_input_error, report_input_errors_briefly
 from sparsessp_monai.engines.inferers import AutocastInferer
 
-__all__ = ["AutocastInferer", "as_bool", "default_bundle_root", "fast_bf16", "latest_checkpoint"]
+__all__ = [
+    "AutocastInferer",
+    "BundleInputError",
+    "as_bool",
+    "default_bundle_root",
+    "fast_bf16",
+    "find_input_error",
+    "latest_checkpoint",
+    "report_input_errors_briefly",
+]
