@@ -15,6 +15,9 @@ import pytest
 
 from sparsessp_monai.data import STRUCTURES, generate_demo_dataset, make_sample, make_sample_all_structures
 from sparsessp_monai.data import synthetic_cells as sc
+from sparsessp_monai.data.cell_render import RI_CONTRAST, STRUCTURE_MAPS, render_transmitted_light
+from sparsessp_monai.data.cell_scene import Scene, draw_scene
+from sparsessp_monai.data.filters import gaussian_filter
 
 STATS_SHAPE = (32, 96, 96)
 TINY_SHAPE = (8, 24, 32)
@@ -30,7 +33,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _blur(vol: np.ndarray, sigma: float) -> np.ndarray:
-    return sc._gaussian_filter(vol.astype(np.float32), (sigma, sigma, sigma))
+    return gaussian_filter(vol.astype(np.float32), (sigma, sigma, sigma))
 
 
 @pytest.fixture(scope="module")
@@ -156,18 +159,18 @@ def test_transmitted_light_carries_dna_information(scenes) -> None:
         energy = _blur(gz * gz + gy * gy + gx * gx, 2.0)
         nuclei = fl["dna"] > 1.0
         assert _pearson(energy, nuclei) > 0.02, seed
-        medium = sc._draw_scene(seed, STATS_SHAPE).maps["cell"] < 0.01
+        medium = draw_scene(seed, STATS_SHAPE).maps["cell"] < 0.01
         assert energy[nuclei].mean() > 1.3 * energy[medium].mean(), seed
 
 
 def test_every_structure_leaves_a_trace(scenes) -> None:
     seed = 0
     _, fl = scenes[seed]
-    scene = sc._draw_scene(seed, STATS_SHAPE)
-    full = sc._render_transmitted_light(scene, seed, noise=False)
+    scene = draw_scene(seed, STATS_SHAPE)
+    full = render_transmitted_light(scene, seed, noise=False)
     photon_noise = float(np.sqrt(full.mean()))
     for name in STRUCTURES:
-        ablated = sc._render_transmitted_light(scene, seed, exclude=sc._STRUCTURE_MAPS[name], noise=False)
+        ablated = render_transmitted_light(scene, seed, exclude=STRUCTURE_MAPS[name], noise=False)
         diff = full - ablated
         # visible above shot noise, and located where the structure is
         assert float(np.sqrt(np.mean(diff * diff))) > 0.1 * photon_noise, name
@@ -178,11 +181,11 @@ def test_every_structure_leaves_a_trace(scenes) -> None:
 def test_defocus_contrast_flips_sign() -> None:
     # a single thin phase object: the brightfield response above and below its plane has opposite signs
     shape = (33, 33, 33)
-    scene = sc._Scene(shape=shape, maps={k: np.zeros(shape, np.float32) for k in sc._RI_CONTRAST})
+    scene = Scene(shape=shape, maps={k: np.zeros(shape, np.float32) for k in RI_CONTRAST})
     scene.maps["lipid"][16, 16, 16] = 10.0
-    img = sc._render_transmitted_light(scene, 0, noise=False)
-    flat = sc._render_transmitted_light(
-        sc._Scene(shape=shape, maps={k: np.zeros(shape, np.float32) for k in sc._RI_CONTRAST}), 0, noise=False
+    img = render_transmitted_light(scene, 0, noise=False)
+    flat = render_transmitted_light(
+        Scene(shape=shape, maps={k: np.zeros(shape, np.float32) for k in RI_CONTRAST}), 0, noise=False
     )
     contrast = (img - flat)[:, 16, 16]
     above, below = contrast[19:23].mean(), contrast[10:14].mean()
@@ -193,7 +196,7 @@ def test_defocus_contrast_flips_sign() -> None:
 def test_gaussian_filter_matches_analytic() -> None:
     impulse = np.zeros((9, 31, 31), np.float32)
     impulse[4, 15, 15] = 1.0
-    out = sc._gaussian_filter(impulse, (0.0, 2.0, 1.0))
+    out = gaussian_filter(impulse, (0.0, 2.0, 1.0))
     assert out.sum() == pytest.approx(1.0, abs=1e-5)
     ys = np.arange(31) - 15
     profile_y = np.exp(-0.5 * (ys / 2.0) ** 2)
@@ -205,7 +208,7 @@ def test_gaussian_filter_matches_analytic() -> None:
     assert np.all(out[:4] == 0) and np.all(out[5:] == 0)
     # derivative kernel: a unit ramp has unit slope away from the borders
     ramp = np.broadcast_to(np.arange(40, dtype=np.float32)[:, None, None], (40, 3, 3)).copy()
-    slope = sc._gaussian_filter(ramp, (3.0, 0.0, 0.0), derivative_axes=(0,))
+    slope = gaussian_filter(ramp, (3.0, 0.0, 0.0), derivative_axes=(0,))
     np.testing.assert_allclose(slope[12:-12], 1.0, atol=1e-4)
 
 
@@ -249,7 +252,7 @@ def test_dataset_layout_and_split(tmp_path: Path) -> None:
 
     item = content["validation"][0]
     k = int(item["image"].split("_")[-2])
-    signal, target = make_sample(item["structure"], sc._sample_seed(3, item["task"], k), TINY_SHAPE)
+    signal, target = make_sample(item["structure"], sc.sample_seed(3, item["task"], k), TINY_SHAPE)
     np.testing.assert_array_equal(tifffile.imread(out / item["image"]), signal)
     np.testing.assert_array_equal(tifffile.imread(out / item["label"]), target)
     # every sample has its own scene

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from sparsessp_monai.io import is_complete, staged_folder
 from sparsessp_monai.transforms.array import check_ratio
 
 __all__ = ["NIFTI_SUFFIXES", "ct_datalist", "write_sparse_nifti"]
@@ -76,7 +77,10 @@ def write_sparse_nifti(
 
     The axial (superior-inferior) axis is found from each file's affine, whatever its storage position; the written
     affine has ``ratio`` times the slice spacing and the first kept slice's position, so the file describes the
-    acquired slices in world coordinates. Files already written with the same parameters are kept.
+    acquired slices in world coordinates. A folder already published with the same parameters is kept
+    (:func:`sparsessp_monai.io.is_complete`); otherwise the files are written into a staging folder and published
+    at the end (:func:`sparsessp_monai.io.staged_folder`; other files in ``out_dir`` are left alone), so a failed
+    run leaves nothing behind.
 
     Args:
         items: datalist items ``{"image": path}``, or a folder of NIfTI volumes.
@@ -94,29 +98,31 @@ def write_sparse_nifti(
         items = [{"image": str(f)} for f in _nifti_files(Path(items))]
     out = Path(out_dir)
     record = {"files": [str(Path(i["image"]).resolve()) for i in items], "ratio": ratio, "offset": int(offset)}
-    marker = out / "sparse_nifti.json"
-    if marker.is_file() and json.loads(marker.read_text()) == record:
-        if all((out / Path(f).name).is_file() for f in record["files"]):
-            return str(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for path in record["files"]:
-        img = nib.load(path)
-        codes = nib.aff2axcodes(img.affine)
-        axis = next(i for i, c in enumerate(codes) if c in ("S", "I"))
-        data = np.asarray(img.dataobj)
-        depth = data.shape[axis]
-        if depth < ratio:
-            raise ValueError(f"{path}: {depth} axial slices are too few for ratio {ratio}.")
-        # count from the inferior end, slice 0 of the configs' "SPL" orientation (index increasing toward superior),
-        # so that n slices rebuild the n * ratio thin slices starting at the original volume's first slice
-        if codes[axis] == "S":
-            keep = np.arange(offset, depth, ratio)
-        else:
-            keep = np.sort(np.arange(depth - 1 - offset, -1, -ratio))
-        # sparse voxel j is storage voxel keep[0] + j * ratio along the axial axis
-        step = np.eye(4)
-        step[axis, axis], step[axis, 3] = ratio, keep[0]
-        sparse = nib.Nifti1Image(np.take(data, keep, axis=axis), img.affine @ step, header=img.header)
-        nib.save(sparse, str(out / Path(path).name))
-    marker.write_text(json.dumps(record, indent=2))
+    if is_complete(out, record):
+        return str(out)
+    with staged_folder(out, record) as staging:
+        for path in record["files"]:
+            nib.save(_sparse_image(nib.load(path), path, ratio, offset), str(staging / Path(path).name))
     return str(out)
+
+
+def _sparse_image(img: Any, path: str, ratio: int, offset: int) -> Any:
+    """The kept axial slices of a loaded NIfTI image, with the sparse grid's affine."""
+    import nibabel as nib
+
+    codes = nib.aff2axcodes(img.affine)
+    axis = next(i for i, c in enumerate(codes) if c in ("S", "I"))
+    data = np.asarray(img.dataobj)
+    depth = data.shape[axis]
+    if depth < ratio:
+        raise ValueError(f"{path}: {depth} axial slices are too few for ratio {ratio}.")
+    # count from the inferior end, slice 0 of the configs' "SPL" orientation (index increasing toward superior),
+    # so that n slices rebuild the n * ratio thin slices starting at the original volume's first slice
+    if codes[axis] == "S":
+        keep = np.arange(offset, depth, ratio)
+    else:
+        keep = np.sort(np.arange(depth - 1 - offset, -1, -ratio))
+    # sparse voxel j is storage voxel keep[0] + j * ratio along the axial axis
+    step = np.eye(4)
+    step[axis, axis], step[axis, 3] = ratio, keep[0]
+    return nib.Nifti1Image(np.take(data, keep, axis=axis), img.affine @ step, header=img.header)

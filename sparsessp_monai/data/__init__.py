@@ -1,4 +1,6 @@
-"""Data utilities for SparseSSP: the synthetic demo dataset generator and AllenCell / RepMode data preparation."""
+"""Data utilities for SparseSSP: the synthetic demo dataset generator (``synthetic_cells`` and its ``cell_*`` /
+``filters`` modules), AllenCell / RepMode data preparation (``allencell`` and its ``allencell_*`` / ``repmode``
+modules), sparse-stack and CT phantom writers."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
         generate_demo_dataset,
         make_sample,
         make_sample_all_structures,
+        sample_seed,
     )
 
 # imported lazily so that ``python -m sparsessp_monai.data.synthetic_cells`` does not find the module already
@@ -27,6 +30,7 @@ _LAZY = {
     "generate_demo_dataset": "synthetic_cells",
     "make_sample": "synthetic_cells",
     "make_sample_all_structures": "synthetic_cells",
+    "sample_seed": "synthetic_cells",
     "write_sparse_stacks": "sparse_stacks",
     "INPUT_SUFFIXES": "inputs",
     "build_inference_datalist": "inputs",
@@ -45,6 +49,7 @@ __all__ = [
     "make_sample",
     "make_sample_all_structures",
     "prepare_allencell",
+    "sample_seed",
     "write_sparse_stacks",
 ]
 

@@ -20,6 +20,7 @@ All randomness comes from ``numpy.random.Generator`` seeded from ``seed``; the s
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 from collections.abc import Sequence
@@ -162,15 +163,35 @@ def phantom_affine(
     return ornt, affine
 
 
+def _write_nifti(img: Any, path: Path, gz: bool) -> None:
+    # the bytes nib.save writes (gzip without a file name or time stamp, nibabel's level 1), but to a file of any
+    # name: nib.save picks the format from the name, which atomic_write's temporary file does not have
+    with open(path, "wb") as f:
+        if not gz:
+            img.to_stream(f)
+            return
+        with gzip.GzipFile("", "wb", compresslevel=1, fileobj=f, mtime=0) as z:
+            img.to_stream(z)
+
+
 def save_nifti(path: str | os.PathLike, hu_lps: np.ndarray, spacing: Sequence[float], axcodes: str = "LIP") -> str:
-    """Write a (left, posterior, superior) HU array as NIfTI stored in ``axcodes`` order with the exact affine."""
+    """Write a (left, posterior, superior) HU array as NIfTI stored in ``axcodes`` order with the exact affine.
+
+    The file (``.nii`` or ``.nii.gz``, by its name) is written atomically (:func:`sparsessp_monai.io.atomic_write`).
+
+    Returns:
+        ``path`` as a string.
+    """
     import nibabel as nib
+
+    from sparsessp_monai.io import atomic_write
 
     ornt, affine = phantom_affine(hu_lps.shape, spacing, axcodes, origin=(150.0, 120.0, -60.0))
     data = nib.orientations.apply_orientation(hu_lps, ornt).astype(np.float32)
     img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
     img.header.set_xyzt_units("mm")
-    nib.save(img, str(path))
+    gz = os.fspath(path).lower().endswith(".gz")
+    atomic_write(path, lambda tmp: _write_nifti(img, tmp, gz))
     return str(path)
 
 
@@ -185,11 +206,16 @@ def generate_ct_dataset(
     noise_hu: float = 12.0,
 ) -> str:
     """Write phantoms ``ct_000.nii.gz, ...`` and a Decathlon ``datalist.json`` (``training`` / ``validation``
-    lists of ``{"image": file}``) to ``out_dir``; a dataset already there with the same parameters is reused.
+    lists of ``{"image": file}``) to ``out_dir``; a dataset already published there with the same parameters is
+    reused (:func:`sparsessp_monai.io.is_complete`). The files are written into a staging folder and published at
+    the end (:func:`sparsessp_monai.io.staged_folder`; other files in ``out_dir`` are left alone), so an
+    interrupted run leaves nothing behind.
 
     Returns:
         the path of ``datalist.json``.
     """
+    from sparsessp_monai.io import atomic_write_text, is_complete, staged_folder
+
     out = Path(out_dir)
     params = {
         "version": CT_GENERATOR_VERSION,
@@ -201,23 +227,19 @@ def generate_ct_dataset(
         "axcodes": str(axcodes),
         "noise_hu": float(noise_hu),
     }
-    datalist_file, marker = out / "datalist.json", out / "phantoms.json"
-    if marker.is_file() and datalist_file.is_file() and json.loads(marker.read_text()) == params:
-        names = json.loads(datalist_file.read_text())
-        if all((out / i["image"]).is_file() for split in names.values() for i in split):
-            return str(datalist_file)
+    datalist_file = out / "datalist.json"
+    if is_complete(out, params):
+        return str(datalist_file)
     if num_train < 1 or num_val < 1:
         raise ValueError(f"need at least one training and one validation phantom, got {num_train}, {num_val}.")
-    out.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
-    items = []
-    for i in range(num_train + num_val):
-        name = f"ct_{i:03d}.nii.gz"
-        save_nifti(out / name, make_ct_phantom(seed * 1000 + i, shape, spacing, noise_hu), spacing, axcodes)
-        items.append({"image": name})
-    datalist = {"training": items[:num_train], "validation": items[num_train:]}
-    datalist_file.write_text(json.dumps(datalist, indent=2))
-    marker.write_text(json.dumps(params, indent=2))
+    with staged_folder(out, params) as staging:
+        items = []
+        for i in range(num_train + num_val):
+            name = f"ct_{i:03d}.nii.gz"
+            save_nifti(staging / name, make_ct_phantom(seed * 1000 + i, shape, spacing, noise_hu), spacing, axcodes)
+            items.append({"image": name})
+        datalist = {"training": items[:num_train], "validation": items[num_train:]}
+        atomic_write_text(staging / "datalist.json", json.dumps(datalist, indent=2))
     return str(datalist_file)
 
 
