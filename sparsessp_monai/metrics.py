@@ -17,13 +17,22 @@ them, so an empty or saturated image does not poison the epoch average.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from monai.config import TensorOrList
 from monai.metrics import MAEMetric, MSEMetric
 from monai.metrics.regression import RegressionMetric
 from monai.utils import MetricReduction, convert_to_tensor
 
-__all__ = ["PearsonMetric", "R2Metric", "compute_pearson", "compute_r2", "regression_scores"]
+__all__ = [
+    "PearsonMetric",
+    "PerImageRegressionMetric",
+    "R2Metric",
+    "compute_pearson",
+    "compute_r2",
+    "regression_scores",
+]
 
 
 def _flatten_float64(y_pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,13 +90,13 @@ def compute_pearson(y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (cov / _nan_where_zero(norm)).clamp(-1.0, 1.0)
 
 
-class R2Metric(RegressionMetric):
+class PerImageRegressionMetric(RegressionMetric):
     """
-    Per-image coefficient of determination (R2) over all voxels and channels of each image, see :func:`compute_r2`.
+    Base of the per-image regression metrics: ``score(y_pred, y)`` gives one value per image (shape ``(B, 1)``).
 
     Input `y_pred` is compared with ground truth `y`, both real-valued, as a batch-first Tensor ``(B, C, ...)`` or a
-    list of channel-first Tensors. Each image gives one value (shape ``(B, 1)``), computed in float64. An image with
-    a constant target gives NaN, which the ``not-nan`` reductions skip (``get_not_nans=True`` reports how many
+    list of channel-first Tensors; each image's value is computed in float64 over all its voxels and channels. NaN
+    values (undefined scores) are skipped by the ``not-nan`` reductions (``get_not_nans=True`` reports how many
     images counted).
 
     Example of the typical execution steps of this metric class follows :py:class:`monai.metrics.metric.Cumulative`.
@@ -99,35 +108,27 @@ class R2Metric(RegressionMetric):
         get_not_nans: whether to return the `not_nans` count, if True, aggregate() returns (metric, not_nans).
     """
 
-    def __init__(self, reduction: MetricReduction | str = MetricReduction.MEAN, get_not_nans: bool = False) -> None:
-        super().__init__(reduction=reduction, get_not_nans=get_not_nans)
-
-    def _compute_metric(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return compute_r2(y_pred, y)
-
-
-class PearsonMetric(RegressionMetric):
-    """
-    Per-image Pearson correlation between predicted and target voxels, see :func:`compute_pearson`.
-
-    Input `y_pred` is compared with ground truth `y`, both real-valued, as a batch-first Tensor ``(B, C, ...)`` or a
-    list of channel-first Tensors. Each image gives one value (shape ``(B, 1)``), computed in float64 over all its
-    voxels and channels. A constant prediction or target gives NaN, which the ``not-nan`` reductions skip.
-
-    Example of the typical execution steps of this metric class follows :py:class:`monai.metrics.metric.Cumulative`.
-
-    Args:
-        reduction: define the mode to reduce metrics, will only execute reduction on `not-nan` values,
-            available reduction modes: {``"none"``, ``"mean"``, ``"sum"``, ``"mean_batch"``, ``"sum_batch"``,
-            ``"mean_channel"``, ``"sum_channel"``}, default to ``"mean"``. if "none", will not do reduction.
-        get_not_nans: whether to return the `not_nans` count, if True, aggregate() returns (metric, not_nans).
-    """
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
     def __init__(self, reduction: MetricReduction | str = MetricReduction.MEAN, get_not_nans: bool = False) -> None:
         super().__init__(reduction=reduction, get_not_nans=get_not_nans)
 
     def _compute_metric(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return compute_pearson(y_pred, y)
+        return type(self).score(y_pred, y)
+
+
+class R2Metric(PerImageRegressionMetric):
+    """Per-image coefficient of determination (R2), see :func:`compute_r2`; an image with a constant target gives
+    NaN. Arguments as in :class:`PerImageRegressionMetric`."""
+
+    score = staticmethod(compute_r2)
+
+
+class PearsonMetric(PerImageRegressionMetric):
+    """Per-image Pearson correlation between predicted and target voxels, see :func:`compute_pearson`; a constant
+    prediction or target gives NaN. Arguments as in :class:`PerImageRegressionMetric`."""
+
+    score = staticmethod(compute_pearson)
 
 
 def regression_scores(pred: TensorOrList, target: TensorOrList) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, train_into
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
 import sparsessp_monai
@@ -39,14 +39,9 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, run_bundle) -> Path:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run the user's training command once (2 epochs on small demo data) into a temporary bundle root."""
-    root = tmp_path_factory.mktemp("bundle_root")
-    proc = run_bundle(
-        "training", "--config_file", TRAIN, "--bundle_root", str(root), "--train#trainer#max_epochs", "2", *SMALL
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    return root
+    return train_into(tmp_path_factory.mktemp("bundle_root"), TRAIN, "--train#trainer#max_epochs", "2", *SMALL)
 
 
 def test_training_command_writes_checkpoints_and_metrics_under_bundle_root(trained: Path) -> None:

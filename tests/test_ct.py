@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import train_into
 from monai.bundle import run as bundle_run
 from monai.data import MetaTensor
 from monai.transforms import Compose, LoadImaged, Orientationd
@@ -161,14 +162,9 @@ def test_ct_datalist_from_datalist_folder_or_errors(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, run_bundle) -> Path:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``ct_train.json`` for one epoch on tiny phantoms into a temporary bundle root."""
-    root = tmp_path_factory.mktemp("ct_bundle")
-    proc = run_bundle(
-        "training", "--config_file", CT_TRAIN, "--bundle_root", str(root), "--train#trainer#max_epochs", "1", *TINY
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    return root
+    return train_into(tmp_path_factory.mktemp("ct_bundle"), CT_TRAIN, "--train#trainer#max_epochs", "1", *TINY)
 
 
 def test_training_and_evaluation_write_checkpoints_and_comparison_csv(trained: Path, run_bundle) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import run_command
 from monai.bundle import ConfigParser
 from monai.utils import optional_import
 
@@ -23,14 +22,8 @@ NPROC = 2
 TIMEOUT_S = 300
 
 # a tiny run: 2 samples per structure (6 training and 6 validation volumes, 3 of each per rank), one epoch
-OVERRIDES = {
-    "train#trainer#max_epochs": 1,
-    "val_interval": 1,
-    "demo#num_per_structure": 2,
-    "demo#shape": [32, 64, 64],
-    "patch_size": [32, 32, 32],
-    "val_roi_size": [32, 64, 64],
-}
+ONE_EPOCH = {"train#trainer#max_epochs": 1, "val_interval": 1, "patch_size": [32, 32, 32]}
+OVERRIDES = {**ONE_EPOCH, "demo#num_per_structure": 2, "demo#shape": [32, 64, 64], "val_roi_size": [32, 64, 64]}
 
 # handlers that only log or write files: rank 0 only; every other handler runs on all ranks (the metric reports
 # gather across ranks, the resumable checkpoint must be loaded by every rank and ignite writes it on rank 0 only)
@@ -72,23 +65,7 @@ def _torchrun(
         *_cli_args({**overrides, **extra}),
     ]
     # no GPU for the ranks, whatever the machine has: the config then picks the CPU and gloo
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks: a hung collective must not outlive the test
-        out, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish in {TIMEOUT_S} s:\n{out[-6000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out)
+    return run_command(cmd, timeout=TIMEOUT_S, env={"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
 
 
 def _plain_network() -> torch.nn.Module:
@@ -168,17 +145,8 @@ def test_torchrun_two_ranks_on_cpu_trains_validates_resumes_and_saves_a_plain_mo
 
 # the CT overlay merged between train.json and the multi-GPU config: CT gets multi-GPU training for free
 CT_CONFIG_FILES = [str(CONFIGS / "train.json"), str(CONFIGS / "ct_train.json"), str(CONFIGS / "multi_gpu_train.json")]
-CT_OVERRIDES = {
-    "train#trainer#max_epochs": 1,
-    "val_interval": 1,
-    "demo#num_train": 2,
-    "demo#num_val": 2,
-    "num_val": 2,
-    "demo#shape": [32, 32, 40],
-    "patch_size": [32, 32, 32],
-    "val_roi_size": [32, 32, 32],
-    "samples_per_volume": 2,
-}
+CT_OVERRIDES = {**ONE_EPOCH, "demo#num_train": 2, "demo#num_val": 2, "num_val": 2, "demo#shape": [32, 32, 40]}
+CT_OVERRIDES.update({"val_roi_size": [32, 32, 32], "samples_per_volume": 2})
 
 
 @needs_gloo

@@ -35,21 +35,16 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import ignite.distributed as idist
 import torch
+from ignite.engine import Engine, Events
 from monai.data import MetaTensor
-from monai.utils import IgniteInfo, PostFix, evenly_divisible_all_gather, min_version, optional_import
 from monai.utils import ImageMetaKey as Key
+from monai.utils import PostFix, evenly_divisible_all_gather
 
 from sparsessp_monai.io.publish import atomic_write_text, csv_text
-
-Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
-idist, _ = optional_import("ignite", IgniteInfo.OPT_IMPORT_VERSION, min_version, "distributed")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
 __all__ = ["PerStructureMetricsSaver"]
 

@@ -11,21 +11,15 @@ import math
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import ignite.distributed as idist
+from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
-from monai.utils import IgniteInfo, min_version, optional_import
 
 from sparsessp_monai.ct.evaluation import METRICS, SUBSETS, reconstruction_scores
 from sparsessp_monai.ct.transforms import acquired_mask, placement_from_meta, window_of
 from sparsessp_monai.io.publish import atomic_write_text, csv_text
-
-Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
-idist, _ = optional_import("ignite", IgniteInfo.OPT_IMPORT_VERSION, min_version, "distributed")
-if TYPE_CHECKING:
-    from ignite.engine import Engine
-else:
-    Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
 __all__ = ["ThinSliceComparison"]
 

@@ -88,7 +88,14 @@ class PrefixResampleZd(MapTransform):
     ``ratio_key`` optionally names a data-dictionary entry holding the acquisition ratio of a genuinely sparse
     stack (for instance read from a datalist, from file metadata, or written by
     :class:`~sparsessp_monai.transforms.ResolveZRatiod`), used when the image carries no ``sparse_z`` meta; it
-    takes precedence over the ``ratio`` argument. ``min_slices`` is as in ``PrefixResampleZ``.
+    takes precedence over the ``ratio`` argument.
+
+    Args:
+        keys: image keys.
+        ratio_key: the entry holding a per-sample ratio (optional).
+        allow_missing_keys: don't raise for missing keys.
+        resample_args: the arguments of :class:`~sparsessp_monai.transforms.array.PrefixResampleZ` (``mode``,
+            ``ratio``, ``target_depth``, ``offset``, ``axis``, ``z_step``, ``target_z_step``, ``min_slices``).
     """
 
     backend = PrefixResampleZ.backend
@@ -96,27 +103,15 @@ class PrefixResampleZd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        mode: str = "trilinear",
-        ratio: int | None = None,
-        target_depth: int | None = None,
-        offset: int = 0,
-        axis: int = 0,
-        z_step: float | None = None,
-        target_z_step: float | None = None,
         ratio_key: str | None = None,
-        min_slices: int | None = None,
         allow_missing_keys: bool = False,
+        **resample_args: Any,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        # checks every argument once (a wrong name or value fails here, not at the first sample)
+        self.resample = PrefixResampleZ(**resample_args)
         # everything but the ratio, which ``ratio_key`` may override per sample
-        self.kwargs = {
-            "mode": mode,
-            "target_depth": target_depth,
-            "offset": offset,
-            "axis": axis,
-            "min_slices": min_slices,
-        }
-        self.resample = PrefixResampleZ(ratio=ratio, z_step=z_step, target_z_step=target_z_step, **self.kwargs)
+        self.kwargs = {k: v for k, v in resample_args.items() if k not in ("ratio", "z_step", "target_z_step")}
         self.ratio_key = ratio_key
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
