@@ -364,10 +364,10 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp_data = None
     passthrough = list(argv)
-    if args.quick and not any(o.startswith("dataset_dir=") for o in args.override):
-        # quick mode: a tiny demo dataset in a temporary folder, never the bundle's
+    if args.quick and not any(o.startswith(("dataset_dir=", "demo_dir=")) for o in args.override):
+        # quick mode: a tiny demo dataset in a temporary folder, never the bundle's (dataset_dir follows demo_dir)
         tmp_data = tempfile.mkdtemp(prefix="sparsessp-bench-")
-        passthrough += ["--override", f"dataset_dir={tmp_data}"]
+        passthrough += ["--override", f"demo_dir={tmp_data}"]
     base = [sys.executable, str(Path(__file__).resolve()), *passthrough, "--device", device.type]
     try:
         rows = []
