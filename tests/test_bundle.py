@@ -153,7 +153,7 @@ def test_inference_on_genuinely_sparse_stacks_writes_full_grid_predictions(
     assert meta["spacing_zyx"] == pytest.approx((0.29, 0.29, 0.29))
     assert meta["channel_names"] == ["dna"]
     assert np.isfinite(pred).all()
-    assert not list(trained.glob(".predictions.staging-*"))
+    assert not list(trained.glob(".predictions.staging-*")) and not list(out.glob(".*staging*"))
 
 
 @pytest.mark.parametrize(

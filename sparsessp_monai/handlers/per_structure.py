@@ -32,6 +32,7 @@ Bundle evaluator example::
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,7 @@ from monai.data import MetaTensor
 from monai.utils import ImageMetaKey as Key
 from monai.utils import PostFix, evenly_divisible_all_gather
 
+from sparsessp_monai.engines.errors import BundleInputError
 from sparsessp_monai.io.publish import atomic_write_text, csv_text
 
 __all__ = ["PerStructureMetricsSaver"]
@@ -83,7 +85,10 @@ class PerStructureMetricsSaver:
       the paper averages per structure), and an ``all_images`` row, the mean over images.
 
     Means skip NaN (undefined) values, like MONAI's ``not-nan`` reductions; ``n_images`` counts every image.
-    Only structures present in the epoch are reported.
+    Only structures present in the epoch are reported. An image whose prediction (``engine.state.output``'s
+    ``pred_key``) holds NaN or infinite values, or whose metric is infinite, is not an undefined metric but a broken
+    model: the epoch is then refused with a :class:`~sparsessp_monai.engines.BundleInputError` naming the images,
+    before any metric is published or a report replaced.
 
     Both batch layouts are handled: a batch-first dict (``decollate=False`` or a plain Ignite engine) and the list
     of per-image dicts a MONAI workflow leaves in ``engine.state.batch`` with ``decollate=True``.
@@ -108,6 +113,7 @@ class PerStructureMetricsSaver:
             ``engine.state.metric_details``.
         task_key: batch key of the task id.
         image_key: batch key of the image whose ``filename_or_obj`` meta names the row.
+        pred_key: output key of the prediction checked for finiteness (not checked where absent).
         name: name of the ``logging`` logger for the summary table.
         log_level: level of the summary table log record.
 
@@ -122,6 +128,7 @@ class PerStructureMetricsSaver:
         metric_names: Sequence[str] | None = None,
         task_key: str = "task",
         image_key: str = "image",
+        pred_key: str = "pred",
         name: str = "PerStructureMetricsSaver",
         log_level: int = logging.INFO,
     ) -> None:
@@ -137,10 +144,12 @@ class PerStructureMetricsSaver:
         self.metric_names = None if metric_names is None else [str(m) for m in metric_names]
         self.task_key = task_key
         self.image_key = image_key
+        self.pred_key = pred_key
         self.logger = logging.getLogger(name)
         self.log_level = log_level
         self._tasks: list[int] = []
         self._filenames: list[str] = []
+        self._finite: list[bool] = []
         self.per_image: list[dict[str, Any]] = []
         self.per_structure: dict[str, dict[str, float]] = {}
 
@@ -157,6 +166,7 @@ class PerStructureMetricsSaver:
         """Reset the per-image records at the start of every evaluation run."""
         self._tasks = []
         self._filenames = []
+        self._finite = []
 
     def structure_name(self, task: int) -> str:
         """Structure name of a task id (``"task_<id>"`` for an id outside ``structures``)."""
@@ -175,6 +185,20 @@ class PerStructureMetricsSaver:
             return [f"{s}" for s in names] if len(names) == n else [""] * n
         return [f"{names}"] * n
 
+    def _predictions_finite(self, output: Any, n: int) -> list[bool]:
+        """Per image of one iteration: whether its prediction is finite (``True`` where there is none)."""
+        if isinstance(output, Mapping):
+            pred = output.get(self.pred_key)
+            if isinstance(pred, torch.Tensor) and pred.ndim > 0 and pred.shape[0] == n:  # batch first
+                return torch.isfinite(pred.reshape(n, -1)).all(dim=1).tolist()
+            preds = [pred]
+        elif isinstance(output, (list, tuple)):
+            preds = [o.get(self.pred_key) if isinstance(o, Mapping) else None for o in output]
+        else:
+            preds = []
+        flags = [bool(torch.isfinite(p).all()) if isinstance(p, torch.Tensor) else True for p in preds]
+        return flags if len(flags) == n else [all(flags)] * n
+
     def _record(self, engine: Engine) -> None:
         """Record the task ids and file names of the images of the current iteration."""
         batch = engine.state.batch
@@ -186,6 +210,7 @@ class PerStructureMetricsSaver:
             raise TypeError(
                 f"{type(self).__name__} needs dict batches (or a list of per-image dicts), got {type(batch).__name__}."
             )
+        recorded = len(self._tasks)
         for item in items:
             if self.task_key not in item:
                 raise KeyError(f"batch has no '{self.task_key}' entry with the task id; set task_key.")
@@ -198,6 +223,7 @@ class PerStructureMetricsSaver:
                 )
             self._tasks.extend(tasks)
             self._filenames.extend(self._filenames_of(item, len(tasks)))
+        self._finite.extend(self._predictions_finite(engine.state.output, len(self._tasks) - recorded))
 
     def _metric_values(self, engine: Engine, n: int) -> dict[str, torch.Tensor]:
         """Per-image value ``(n,)`` of every reported metric, averaged over channels, in float64 on the CPU."""
@@ -234,14 +260,16 @@ class PerStructureMetricsSaver:
         Args:
             engine: Ignite Engine, usually an evaluator whose metrics save their details.
         """
-        tasks, filenames = self._tasks, self._filenames
+        tasks, filenames, finite = self._tasks, self._filenames, self._finite
         # every rank must enter the collectives, so gather before any early return
         if idist.get_world_size() > 1:
             tasks = evenly_divisible_all_gather(torch.as_tensor(tasks, dtype=torch.long), concat=True).tolist()
+            finite = evenly_divisible_all_gather(torch.as_tensor(finite, dtype=torch.long), concat=True).tolist()
             # one list per rank, in rank order: the order monai.metrics.Cumulative gathers metric buffers in
             filenames = [name for part in idist.all_gather(list(filenames)) for name in part]
         n = len(tasks)
         values = self._metric_values(engine, n)
+        self._refuse_non_finite(filenames, finite, values)
         structure_of_image = [self.structure_name(t) for t in tasks]
 
         # report order: task-id order, then ids outside `structures`
@@ -275,6 +303,22 @@ class PerStructureMetricsSaver:
             self._log(list(values))
             if self.save_dir is not None:
                 self._save(list(values))
+
+    def _refuse_non_finite(self, filenames: list[str], finite: list[bool], values: dict[str, torch.Tensor]) -> None:
+        """Raise, naming them, when images have a non-finite prediction or an infinite metric (same on all ranks:
+        the inputs were gathered)."""
+        bad = [
+            filenames[i] if i < len(filenames) and filenames[i] else f"image {i}"
+            for i in range(len(finite))
+            if not finite[i] or any(math.isinf(float(v[i])) for v in values.values())
+        ]
+        if bad:
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            kept = f"; the reports in {self.save_dir!r} are left unchanged" if self.save_dir is not None else ""
+            raise BundleInputError(
+                f"metrics of {len(bad)} image(s) are not finite (NaN or infinite prediction): "
+                f"{', '.join(bad[:5])}{more}; the model may have diverged{kept}."
+            )
 
     def _save(self, metric_names: list[str]) -> None:
         """Write the per-image and per-structure CSV reports into ``save_dir``."""

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
+import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 
 from sparsessp_monai.ct.evaluation import METRICS, SUBSETS, reconstruction_scores
 from sparsessp_monai.ct.transforms import acquired_mask, placement_from_meta, window_of
+from sparsessp_monai.engines.errors import BundleInputError
 from sparsessp_monai.io.publish import atomic_write_text, csv_text
 
 __all__ = ["ThinSliceComparison"]
@@ -33,6 +35,9 @@ class ThinSliceComparison:
     Each item of the evaluator's (decollated) batch/output must hold the model prediction ``pred_key``, the target
     ``label_key`` and one entry per baseline; the acquired slices come from the ``sparse_z_ratio`` /
     ``sparse_z_offset`` meta of ``ref_key`` and the intensity window from ``intensity_window`` of the target.
+
+    A prediction with NaN or infinite values (a diverged model) is not scored: the epoch is refused with a
+    :class:`~sparsessp_monai.engines.BundleInputError` naming the volumes, and no report is replaced.
 
     Args:
         save_dir: folder for the CSV/JSON reports (written atomically).
@@ -63,6 +68,7 @@ class ThinSliceComparison:
         self.prefix = prefix
         self.window = window
         self.rows: list[dict[str, Any]] = []
+        self.non_finite: list[str] = []  # volumes whose prediction is not finite
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
@@ -74,6 +80,7 @@ class ThinSliceComparison:
     def reset(self, engine: Engine | None = None) -> None:
         """Forget the volumes of the previous epoch."""
         self.rows = []
+        self.non_finite = []
 
     @staticmethod
     def _items(batch: Any, output: Any) -> list[dict[Hashable, Any]]:
@@ -99,6 +106,11 @@ class ThinSliceComparison:
     def update(self, engine: Engine) -> None:
         """Score every volume of the current iteration."""
         for item in self._items(engine.state.batch, engine.state.output):
+            if not bool(torch.isfinite(torch.as_tensor(item[self.pred_key])).all()):
+                target = item.get(self.label_key)
+                name = target.meta.get("filename_or_obj", "") if isinstance(target, MetaTensor) else ""
+                self.non_finite.append(str(name) or f"volume {len(self.rows) + len(self.non_finite)}")
+                continue
             self.rows.append(self.score_item(item))
 
     def summary(self) -> dict[str, float]:
@@ -127,6 +139,14 @@ class ThinSliceComparison:
         so every rank holds the same summary and rank 0 alone writes the reports."""
         if idist.get_world_size() > 1:
             self.rows = [row for part in idist.all_gather(list(self.rows)) for row in part]
+            self.non_finite = [name for part in idist.all_gather(list(self.non_finite)) for name in part]
+        if self.non_finite:
+            bad = self.non_finite
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise BundleInputError(
+                f"the prediction of {len(bad)} volume(s) is not finite (NaN or infinite values): {', '.join(bad[:5])}"
+                f"{more}; the model may have diverged; the reports in {str(self.save_dir)!r} are left unchanged."
+            )
         summary = self.summary()
         if engine is not None:
             engine.state.metrics.update(summary)

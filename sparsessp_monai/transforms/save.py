@@ -16,9 +16,10 @@ from monai.data.utils import affine_to_spacing
 from monai.transforms import MapTransform, SaveImage
 from monai.utils import convert_data_type
 
-from sparsessp_monai.data.inputs import INPUT_SUFFIXES
+from sparsessp_monai.data.inputs import OUTPUT_NAME_KEY, check_name_part, input_stem
 from sparsessp_monai.engines.bundle_utils import as_bool
-from sparsessp_monai.io import OmeTiffWriter, known_spacing_axes, ome_tiff_name_formatter, save_projection_preview
+from sparsessp_monai.engines.errors import BundleInputError
+from sparsessp_monai.io import OmeTiffWriter, known_spacing_axes, save_projection_preview
 
 __all__ = ["OUTPUT_FORMATS", "SavePredictiond"]
 
@@ -36,8 +37,14 @@ def _volume(x: Any) -> Any:
 
 class SavePredictiond(MapTransform):
     """
-    Save each prediction as ``<output_dir>/<input name>_<structure>.<format>`` with its full-grid voxel size, and
-    optionally a PNG preview ``<input name>_<structure>_preview.png``.
+    Save each prediction as ``<output_dir>/<name>_<structure>.<format>`` with its full-grid voxel size, and
+    optionally a PNG preview ``<name>_<structure>_preview.png``. ``<name>`` is the data's ``name_key`` entry (the
+    unique output name :func:`sparsessp_monai.data.build_inference_datalist` gives every input), else the input
+    file name without its suffix.
+
+    A prediction with a NaN or infinite value (a diverged or broken model) is refused before anything of it is
+    written: the error names the input file, and :class:`~sparsessp_monai.handlers.PublishOutputs` then publishes
+    nothing of the run.
 
     ``output_format`` ``"ome.tif"`` writes OME-TIFF with ``PhysicalSizeX/Y/Z`` and the structure as channel name;
     ``"nii.gz"`` writes NIfTI with the full-grid affine. The prediction carries the input's meta (after prefix
@@ -57,6 +64,10 @@ class SavePredictiond(MapTransform):
         save_preview: also write the PNG preview.
         image_key: the input volume shown first in the preview.
         label_key: the target volume shown last in the preview, when present.
+        name_key: the data key holding the output name.
+
+    Raises:
+        BundleInputError: a non-finite prediction, or a structure name that cannot be part of a file name.
     """
 
     def __init__(
@@ -68,6 +79,7 @@ class SavePredictiond(MapTransform):
         save_preview: bool = False,
         image_key: str = "image",
         label_key: str = "label",
+        name_key: str = OUTPUT_NAME_KEY,
     ) -> None:
         super().__init__(keys)
         if output_format not in OUTPUT_FORMATS:
@@ -78,19 +90,20 @@ class SavePredictiond(MapTransform):
         self.save_preview = as_bool(save_preview)
         self.image_key = image_key
         self.label_key = label_key
+        self.name_key = name_key
         self.logger = logging.getLogger(__name__)
 
-    def _preview(self, d: Mapping[Hashable, Any], pred: Any, structure: str) -> None:
-        """Write ``<input name>_<structure>_preview.png`` beside the prediction."""
+    def _source(self, d: Mapping[Hashable, Any], pred: Any) -> str:
+        """The input file of a prediction (from its meta, else the input's), or ``""``."""
         source = pred.meta.get("filename_or_obj") if isinstance(pred, MetaTensor) else None
         image = _volume(d.get(self.image_key))
         if not source and isinstance(image, MetaTensor):
             source = image.meta.get("filename_or_obj")
-        name = Path(str(source or "prediction")).name
-        for suffix in INPUT_SUFFIXES:
-            if name.lower().endswith(suffix):
-                name = name[: -len(suffix)]
-                break
+        return str(source or "")
+
+    def _preview(self, d: Mapping[Hashable, Any], pred: Any, name: str, structure: str) -> None:
+        """Write ``<name>_<structure>_preview.png`` beside the prediction."""
+        image = _volume(d.get(self.image_key))
         panels = []
         if image is not None and tuple(image.shape[1:]) == tuple(pred.shape[1:]):
             panels.append(("input", image[:1]))
@@ -111,17 +124,15 @@ class SavePredictiond(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        structure = str(d.get(self.structure_key, "pred"))
+        structure = check_name_part(str(d.get(self.structure_key, "pred")))
         writer, ext = OUTPUT_FORMATS[self.output_format]
         saver = SaveImage(
             output_dir=self.output_dir,
-            output_postfix=structure,
             output_ext=ext,
             output_dtype=np.float32,
             resample=False,
             separate_folder=False,
             writer=writer,
-            output_name_formatter=ome_tiff_name_formatter,
             print_log=False,
         )
         if writer is OmeTiffWriter:
@@ -130,10 +141,29 @@ class SavePredictiond(MapTransform):
             pred = d[key]
             if isinstance(pred, torch.Tensor) and pred.ndim == 5:  # a batch of one
                 pred = pred[0]
-            saver(pred)
+            source = self._source(d, pred)
+            _check_finite(pred, source, structure)
+            name = d.get(self.name_key)
+            if isinstance(name, (list, tuple)) and len(name) == 1:  # a collated batch of one
+                name = name[0]
+            name = str(name or input_stem(source or "prediction"))
+            Path(self.output_dir).mkdir(parents=True, exist_ok=True)
+            # an explicit file name (SaveImage appends the extension): the datalist made it unique for the run
+            saver(pred, filename=str(Path(self.output_dir) / f"{name}_{structure}"))
             if self.save_preview:
-                self._preview(d, pred, structure)
+                self._preview(d, pred, name, structure)
         return d
+
+
+def _check_finite(pred: Any, source: str, structure: str) -> None:
+    """Refuse a prediction with NaN / infinite values, naming the input it was made from."""
+    finite = torch.isfinite(torch.as_tensor(pred))
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise BundleInputError(
+            f"{source or 'prediction'}: the {structure!r} prediction has {bad} NaN or infinite value(s) of "
+            f"{finite.numel()}; nothing is published (the model may have diverged: check the checkpoint)."
+        )
 
 
 def _spacing_known(img: MetaTensor) -> bool:
