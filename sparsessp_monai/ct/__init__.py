@@ -9,6 +9,7 @@ from sparsessp_monai.ct.evaluation import METRICS, SUBSETS, reconstruction_score
 from sparsessp_monai.ct.transforms import (
     MODALITIES,
     WINDOW_KEY,
+    CheckDicomSeriesd,
     CheckVolumed,
     InverseWindowd,
     KeepAcquiredSlicesd,
@@ -24,6 +25,7 @@ __all__ = [
     "NIFTI_SUFFIXES",
     "SUBSETS",
     "WINDOW_KEY",
+    "CheckDicomSeriesd",
     "CheckVolumed",
     "InverseWindowd",
     "KeepAcquiredSlicesd",

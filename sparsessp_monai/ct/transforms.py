@@ -11,6 +11,7 @@ anterior to posterior, columns from the patient's right to left).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -20,11 +21,13 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, ScaleIntensityRange
 
+from sparsessp_monai.io.dicom import check_dicom_series
 from sparsessp_monai.transforms.array import check_axis, check_ratio, image_name, validate_volume
 
 __all__ = [
     "MODALITIES",
     "WINDOW_KEY",
+    "CheckDicomSeriesd",
     "CheckVolumed",
     "InverseWindowd",
     "KeepAcquiredSlicesd",
@@ -225,4 +228,26 @@ class KeepAcquiredSlicesd(MapTransform):
             out = pred.clone()
             out.index_copy_(dim, idx.to(out.device), ref.index_select(dim, idx.to(ref.device)).to(out))
             d[key] = out
+        return d
+
+
+class CheckDicomSeriesd(MapTransform):
+    """
+    Refuse a broken DICOM series folder before ``LoadImaged`` reads it (see
+    :func:`sparsessp_monai.io.check_dicom_series`: files that are not DICOM, several series, a missing or repeated
+    slice); files (NIfTI) pass unchecked. Put it before ``LoadImaged``: MONAI's reader would read such a folder
+    without a word.
+
+    Raises:
+        BundleInputError: the problem, naming the folder.
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if isinstance(d[key], (str, os.PathLike)) and os.path.isdir(d[key]):
+                check_dicom_series(d[key])
         return d

@@ -121,7 +121,8 @@ def build_inference_datalist(
     "output_name": name of its outputs}`` (see the module docstring for the output names).
 
     Args:
-        input_dir: folder of sparse transmitted-light stacks (TIFF, OME-TIFF or NIfTI), or a single file.
+        input_dir: folder of sparse stacks (TIFF, OME-TIFF or NIfTI files, or DICOM series folders), a single
+            file, or one DICOM series folder.
         predict: structure name(s) to predict for every stack.
         structures: the names the model was trained on, in task-id order.
 
@@ -137,15 +138,20 @@ def build_inference_datalist(
         )
     for s in predict:
         check_name_part(s)
+    from sparsessp_monai.io.dicom import is_dicom_series_folder
+
     root = Path(input_dir)
-    if root.is_file():
+    if root.is_file() or is_dicom_series_folder(root):
         files = [root]
     elif root.is_dir():
-        files = sorted(p for p in root.iterdir() if is_input_file(p))
+        # stacks, and DICOM series (one folder each)
+        files = sorted(p for p in root.iterdir() if is_input_file(p) or is_dicom_series_folder(p))
     else:
         raise BundleInputError(f"input folder {str(root)!r} does not exist.")
     if not files:
-        raise BundleInputError(f"no TIFF/OME-TIFF/NIfTI stacks ({', '.join(INPUT_SUFFIXES)}) in {str(root)!r}.")
+        raise BundleInputError(
+            f"no TIFF/OME-TIFF/NIfTI stacks ({', '.join(INPUT_SUFFIXES)}) or DICOM series folders in {str(root)!r}."
+        )
     names = output_names(files)
     items = [
         {"image": str(f), "structure": s, OUTPUT_NAME_KEY: n} for f, n in zip(files, names) for s in predict

@@ -8,6 +8,7 @@ Image IO for SparseSSP.
 - :mod:`.publish`: the package's one safe-write helper (atomic files, staged folders).
 """
 
+from .dicom import check_dicom_series, is_dicom_series_folder
 from .preview import orthogonal_mips, save_projection_preview, write_png
 from .publish import (
     DONE_MARKER,
@@ -32,8 +33,10 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_dicom_series",
     "csv_text",
     "is_complete",
+    "is_dicom_series_folder",
     "known_spacing_axes",
     "ome_tiff_name_formatter",
     "orthogonal_mips",
