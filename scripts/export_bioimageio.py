@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         network, config = load_bundle_network(args.config_file, args.weights, args.ratio)
-        ratio = int(config["ratio"]) if args.ratio is None else args.ratio
+        ratio = int(config.get_parsed_content("ratio")) if args.ratio is None else args.ratio
         predictor = bundle_predictor(network, config, args.structure, ratio, args.mode)
         step = int(getattr(network, "multiple", 16))
         if args.input is not None:

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             inputs = (x, torch.tensor([0, network.num_tasks - 1])) if network.num_tasks else (x,)
             module = network
         else:
-            ratio = int(config["ratio"]) if args.ratio is None else args.ratio
+            ratio = int(config.get_parsed_content("ratio")) if args.ratio is None else args.ratio
             module = bundle_predictor(network, config, args.structure, ratio, args.mode)
             export_predictor_onnx(module, args.out, size, size, network.in_channels)
             inputs = (torch.randn(2, network.in_channels, module.in_depth, size + network.multiple, size),)
