@@ -43,27 +43,13 @@ def _suffix(path: Path) -> str:
 
 
 def _read_czi(path: Path, channels: Sequence[int]) -> tuple[list[np.ndarray], list[float | None]]:
-    try:
-        from bioio import BioImage  # optional extra: imported only when a CZI is actually read
-    except ImportError:
-        raise ValueError(
-            f"{path}: reading CZI files needs bioio and bioio-czi: install sparsessp_monai[czi] "
-            "(pip install 'sparsessp_monai[czi]')."
-        ) from None
-    try:
-        img = BioImage(str(path))
-        n_channels = int(img.dims.C)
-        bad = [c for c in channels if c >= n_channels]
-        if bad:
-            raise ValueError(f"{path}: channel(s) {bad} requested but the file has {n_channels} channel(s).")
-        volumes = [np.asarray(img.get_image_data("ZYX", T=0, C=int(c))) for c in channels]
-        sizes = img.physical_pixel_sizes  # (Z, Y, X) in micrometres, None where unknown
-        spacing = [None if s is None else float(s) for s in (sizes.Z, sizes.Y, sizes.X)]
-    except ValueError:
-        raise
-    except Exception as exc:  # bioio raises many types for unreadable files; name the file
-        raise ValueError(f"cannot read CZI file {path}: {type(exc).__name__}: {exc}") from exc
-    return volumes, spacing
+    from sparsessp_monai.io.czi import read_czi  # the package's one CZI reader (the optional 'czi' extra)
+
+    data, meta = read_czi(path)
+    bad = [c for c in channels if c >= data.shape[0]]
+    if bad:
+        raise ValueError(f"{path}: channel(s) {bad} requested but the file has {data.shape[0]} channel(s).")
+    return [data[int(c)] for c in channels], list(meta["spacing_zyx"])
 
 
 def read_channels(path: str | os.PathLike, channels: Sequence[int]) -> tuple[list[np.ndarray], list[float | None]]:

@@ -8,6 +8,7 @@ Image IO for SparseSSP.
 - :mod:`.publish`: the package's one safe-write helper (atomic files, staged folders).
 """
 
+from .czi import CZI_SUFFIX, CziReader, read_czi
 from .dicom import check_dicom_series, is_dicom_series_folder
 from .preview import orthogonal_mips, save_projection_preview, write_png
 from .publish import (
@@ -26,8 +27,10 @@ from .tiff import TIFF_SUFFIXES, read_ome_tiff, write_ome_tiff
 from .writer import OmeTiffWriter, ome_tiff_name_formatter
 
 __all__ = [
+    "CZI_SUFFIX",
     "DONE_MARKER",
     "TIFF_SUFFIXES",
+    "CziReader",
     "OmeTiffWriter",
     "TiffReader",
     "atomic_write",
@@ -41,6 +44,7 @@ __all__ = [
     "ome_tiff_name_formatter",
     "orthogonal_mips",
     "publish_folder",
+    "read_czi",
     "read_ome_tiff",
     "save_projection_preview",
     "spacing_to_affine",

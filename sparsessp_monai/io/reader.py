@@ -19,7 +19,7 @@ from monai.utils import MetaKeys, convert_data_type, ensure_tuple
 
 from .tiff import TIFF_SUFFIXES, read_ome_tiff
 
-__all__ = ["TiffReader", "known_spacing_axes", "spacing_to_affine"]
+__all__ = ["TiffReader", "TiffVolume", "known_spacing_axes", "spacing_to_affine"]
 
 
 def _has_tiff_suffix(name: PathLike) -> bool:
@@ -46,7 +46,7 @@ def spacing_to_affine(spacing_zyx: Sequence[float]) -> np.ndarray:
 
 
 @dataclass
-class _TiffVolume:
+class TiffVolume:
     """What :meth:`TiffReader.read` returns per file: the (C, Z, Y, X) array and :func:`read_ome_tiff` meta."""
 
     array: np.ndarray
@@ -113,7 +113,7 @@ class TiffReader(ImageReader):
         """
         return all(_has_tiff_suffix(name) for name in ensure_tuple(filename))
 
-    def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> _TiffVolume | list[_TiffVolume]:
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> TiffVolume | list[TiffVolume]:
         """
         Read one or several TIFF files (the pixel data is loaded here, so read errors surface at this step).
 
@@ -134,10 +134,10 @@ class TiffReader(ImageReader):
         volumes = []
         for name in filenames:
             array, meta = read_ome_tiff(name)
-            volumes.append(_TiffVolume(array=array, meta=meta, filename=name))
+            volumes.append(TiffVolume(array=array, meta=meta, filename=name))
         return volumes if len(volumes) > 1 else volumes[0]
 
-    def get_data(self, img: _TiffVolume | Sequence[_TiffVolume]) -> tuple[np.ndarray, dict]:
+    def get_data(self, img: TiffVolume | Sequence[TiffVolume]) -> tuple[np.ndarray, dict]:
         """
         Extract the (C, Z, Y, X) array and the MONAI meta dict from volumes returned by :meth:`read`.
 
