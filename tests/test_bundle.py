@@ -10,6 +10,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -201,8 +202,36 @@ def test_metadata_verifies_offline_against_the_shipped_schema() -> None:
     verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
 
 
+@pytest.mark.parametrize("config", ["inference.json", "train.json"])
+def test_verify_net_in_out_command_runs_on_the_image_alone(config: str) -> None:
+    # as the Model Zoo's CONTRIBUTING writes it, from the bundle folder: no task ids (default_structure is used)
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
+         "configs/metadata.json", "--config_file", f"configs/{config}", "--device", "cpu"],
+        cwd=REPO / "bundle", capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+
+
+def test_default_structure_picks_the_task_of_a_call_without_task_ids() -> None:
+    def default_task(**override) -> int | None:
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / "train.json"))
+        parser.update(override)
+        return parser.get_parsed_content("network_def").default_task
+
+    assert default_task() == 0  # the first structure, dna
+    assert default_task(default_structure="actin") == sparsessp_monai.data.STRUCTURES.index("actin")
+    assert default_task(structures=["nucleoli", "actin"]) == 0
+    with pytest.raises(RuntimeError) as raised:
+        default_task(structures=["nucleoli"], default_structure="dna")
+    assert "'dna' is not in list" in str(raised.value.__cause__)
+
+
 def test_zoo_checks_net_in_out_and_torchscript_export(trained: Path, tmp_path: Path) -> None:
     config, meta = str(CONFIGS / "train.json"), str(CONFIGS / "metadata.json")
+    # explicit task ids keep working
     verify_net_in_out(
         net_id="network_def",
         meta_file=meta,
@@ -228,6 +257,8 @@ def test_zoo_checks_net_in_out_and_torchscript_export(trained: Path, tmp_path: P
     x, task = torch.randn(1, 1, 32, 64, 64), torch.tensor([3])
     with torch.no_grad():
         assert torch.allclose(scripted(x, task), net(x, task), atol=1e-5)
+        # the image alone: the default structure (dna, task 0)
+        assert torch.allclose(scripted(x), net(x, torch.tensor([0])), atol=1e-5)
 
 
 def workflow(workflow_type: str, config: str, **override) -> ConfigWorkflow:

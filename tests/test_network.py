@@ -70,6 +70,25 @@ def test_torchscript_export_matches_eager(topology, z_mapping) -> None:
         assert torch.allclose(scripted(x, task), net(x, task), atol=1e-5)
 
 
+@pytest.mark.parametrize("conditioning", ["film", "dynamic"])
+def test_default_task_lets_a_conditioned_network_run_on_the_image_alone(conditioning) -> None:
+    net = small_net(num_tasks=3, conditioning=conditioning, default_task=2)
+    # FiLM and the dynamic head start task-independent: one step makes the tasks differ
+    net(torch.randn(2, 1, 16, 16, 16), torch.tensor([0, 2])).square().mean().backward()
+    torch.optim.SGD(net.parameters(), lr=0.5).step()
+    net.eval()
+    x = torch.randn(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        # no task: the default for every sample; explicit ids still win
+        assert torch.allclose(net(x), net(x, torch.tensor([2, 2])), atol=1e-6)
+        assert not torch.allclose(net(x), net(x, torch.tensor([0, 0])), atol=1e-5)
+        scripted = torch.jit.script(net)
+        assert torch.allclose(scripted(x), net(x), atol=1e-5)
+        assert torch.allclose(scripted(x, torch.tensor([1])), net(x, torch.tensor([1, 1])), atol=1e-5)
+    # the default is not part of the weights: checkpoints load either way
+    assert list(net.state_dict()) == list(small_net(num_tasks=3, conditioning=conditioning).state_dict())
+
+
 def test_default_network_is_light() -> None:
     net = SparseSSPNet()
     assert sum(p.numel() for p in net.parameters()) < 5_000_000
@@ -92,6 +111,8 @@ def test_default_network_is_light() -> None:
         (lambda: small_net(num_tasks=2)(torch.randn(1, 1, 16, 16, 16)), "task ids"),
         (lambda: small_net(num_tasks=2)(torch.randn(1, 1, 16, 16, 16), torch.tensor([2])), r"\[0, 2\)"),
         (lambda: small_net(num_tasks=2)(torch.randn(3, 1, 16, 16, 16), torch.tensor([0, 1])), "batch of 3"),
+        (lambda: small_net(num_tasks=2, default_task=2), "default_task"),
+        (lambda: small_net(default_task=0), "default_task"),
     ],
 )
 def test_bad_configurations_and_inputs_raise(make, message: str) -> None:

@@ -53,6 +53,7 @@ def _check_arguments(
     features_2d: Sequence[int],
     num_tasks: int,
     conditioning: str,
+    default_task: int | None = None,
 ) -> None:
     """Raise ``ValueError`` for an argument combination :class:`SparseSSPNet` cannot build."""
     if topology not in TOPOLOGIES:
@@ -69,6 +70,8 @@ def _check_arguments(
         raise ValueError(f"suffix z-mapping needs depth ({depth}) divisible by the ratio ({ratio}).")
     if num_tasks < 0:
         raise ValueError(f"num_tasks must be >= 0, got {num_tasks}.")
+    if default_task is not None and not 0 <= int(default_task) < num_tasks:
+        raise ValueError(f"default_task must be a task id in [0, {num_tasks}) or None, got {default_task}.")
 
 
 class _EncoderLevel(Fp32AtDepth2, nn.Module):
@@ -214,11 +217,17 @@ class SparseSSPNet(nn.Module):
         act: activation, as in :class:`monai.networks.blocks.Convolution`.
         norm: normalisation, as in :class:`monai.networks.blocks.Convolution`.
         suffix_channels: channels fed to the transposed convolution of the suffix z-mapping.
+        default_task: task id used for every sample when ``forward`` gets no ``task`` (a conditioned network then
+            runs on the image alone, as MONAI's ``verify_net_in_out``, ``ckpt_export`` and single-input callers
+            call it); ``None`` (default) requires task ids. Must be in ``[0, num_tasks)``; not stored in the
+            ``state_dict``.
 
     Example::
 
         net = SparseSSPNet(depth=32, num_tasks=12)
         pred = net(torch.rand(2, 1, 32, 128, 128), task=torch.tensor([0, 5]))  # (2, 1, 32, 128, 128)
+        dna = SparseSSPNet(depth=32, num_tasks=12, default_task=0)
+        pred = dna(torch.rand(2, 1, 32, 128, 128))  # task 0 for both samples
     """
 
     def __init__(
@@ -237,14 +246,19 @@ class SparseSSPNet(nn.Module):
         act: tuple | str = ("leakyrelu", {"negative_slope": 0.1, "inplace": True}),
         norm: tuple | str = ("instance", {"affine": True}),
         suffix_channels: int = 8,
+        default_task: int | None = None,
     ) -> None:
         super().__init__()
-        _check_arguments(depth, topology, z_mapping, ratio, features_3d, features_2d, num_tasks, conditioning)
+        _check_arguments(
+            depth, topology, z_mapping, ratio, features_3d, features_2d, num_tasks, conditioning, default_task
+        )
         self.depth = int(depth)
         self.topology = topology
         self.z_mapping = z_mapping
         self.ratio = int(ratio) if z_mapping == "suffix" else 1
         self.num_tasks = int(num_tasks)
+        # a plain attribute, not a buffer, so checkpoints keep their keys
+        self.default_task = None if default_task is None else int(default_task)
         self.conditioning = conditioning
         self.embedding = embedding
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -359,7 +373,13 @@ class SparseSSPNet(nn.Module):
                 raise ValueError("this network has no task conditioning (num_tasks=0) but a task was given.")
             return None
         if task is None:
-            raise ValueError(f"this network is conditioned on {self.num_tasks} tasks: pass task ids.")
+            default_task = self.default_task
+            if default_task is None:
+                raise ValueError(
+                    f"this network is conditioned on {self.num_tasks} tasks: pass task ids (or build it with a "
+                    "default_task)."
+                )
+            task = torch.full((1,), default_task, dtype=torch.long, device=x.device)
         task = task.reshape(-1).long()
         if task.shape[0] == 1 and x.shape[0] > 1:
             # one structure for all windows of a sliding-window batch
@@ -371,7 +391,8 @@ class SparseSSPNet(nn.Module):
         return task
 
     def forward(self, x: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
-        """Predict ``(B, out_channels, depth, H, W)`` from ``x`` and the optional task ids ``(B,)`` (or ``(1,)``)."""
+        """Predict ``(B, out_channels, depth, H, W)`` from ``x`` and the optional task ids ``(B,)`` (or ``(1,)``);
+        without ``task``, a conditioned network uses its ``default_task``."""
         task = self._check_inputs(x, task)
         h = self.fold_input(x)
         skips: list[torch.Tensor] = []
