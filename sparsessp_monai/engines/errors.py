@@ -18,12 +18,17 @@ from types import TracebackType
 
 from sparsessp_monai.engines.bundle_utils import as_bool
 
-__all__ = ["BundleInputError", "find_input_error", "report_input_errors_briefly"]
+__all__ = ["BundleInputError", "InputFileNotFoundError", "find_input_error", "report_input_errors_briefly"]
 
 
 class BundleInputError(ValueError):
     """A problem with what the user gave (a file, a folder, a config value); the message names it and says what is
     wrong. A ``ValueError``, so callers that catch ``ValueError`` keep working."""
+
+
+class InputFileNotFoundError(BundleInputError, FileNotFoundError):
+    """An input file (image, label, datalist) that does not exist; also a ``FileNotFoundError`` for callers that
+    catch that."""
 
 
 def find_input_error(exc: BaseException | None) -> BundleInputError | None:

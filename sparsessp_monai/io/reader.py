@@ -17,6 +17,8 @@ from monai.config import PathLike
 from monai.data.image_reader import ImageReader
 from monai.utils import MetaKeys, convert_data_type, ensure_tuple
 
+from sparsessp_monai.engines.errors import BundleInputError
+
 from .tiff import TIFF_SUFFIXES, read_ome_tiff
 
 __all__ = ["TiffReader", "TiffVolume", "known_spacing_axes", "spacing_to_affine"]
@@ -102,6 +104,10 @@ class TiffReader(ImageReader):
     ``"imports": ["$import sparsessp_monai.io as sio"]`` and ``"reader": "$sio.TiffReader"`` (MONAI's
     ``$import a.b`` binds the name ``"a.b"``, not ``a``, so ``"$sparsessp_monai.io.TiffReader"`` after only
     ``"$import sparsessp_monai.io"`` fails).
+
+    ``LoadImage`` catches a reader's exception and tries its other readers, so a broken TIFF would be reported as
+    "cannot find a suitable reader"; :class:`sparsessp_monai.transforms.LoadVolumed` passes this reader for TIFF
+    names directly so that its one-line reason reaches the user.
     """
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
@@ -126,7 +132,8 @@ class TiffReader(ImageReader):
 
         Raises:
             TypeError: when keyword arguments are given.
-            ValueError: naming the file, when it cannot be read as a 3D volume (see :func:`read_ome_tiff`).
+            sparsessp_monai.engines.BundleInputError: naming the file, when it cannot be read as a 3D volume (see
+                :func:`read_ome_tiff`).
         """
         if kwargs:
             raise TypeError(f"{type(self).__name__}.read() got unexpected keyword arguments {sorted(kwargs)}.")
@@ -148,7 +155,7 @@ class TiffReader(ImageReader):
             A tuple ``(array, meta)`` as described in the class docstring.
 
         Raises:
-            ValueError: when several volumes differ in spatial shape or spacing.
+            sparsessp_monai.engines.BundleInputError: when several volumes differ in spatial shape or spacing.
         """
         volumes = list(img) if isinstance(img, (list, tuple)) else [img]
         arrays: list[np.ndarray] = []
@@ -174,7 +181,7 @@ class TiffReader(ImageReader):
             elif not np.array_equal(header[MetaKeys.SPATIAL_SHAPE], first[MetaKeys.SPATIAL_SHAPE]) or not np.allclose(
                 affine, first[MetaKeys.AFFINE]
             ):
-                raise ValueError(
+                raise BundleInputError(
                     f"cannot stack {vol.filename} with {volumes[0].filename} as channels: spatial shape "
                     f"{tuple(header[MetaKeys.SPATIAL_SHAPE])} vs {tuple(first[MetaKeys.SPATIAL_SHAPE])}, "
                     f"spacing {tuple(spacing)} vs {tuple(first['spacing_zyx'])}."

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from sparsessp_monai.engines.errors import BundleInputError, InputFileNotFoundError
+
 from .publish import atomic_write
 
 __all__ = ["TIFF_SUFFIXES", "read_ome_tiff", "write_ome_tiff"]
@@ -228,12 +230,12 @@ def _to_czyx(data: np.ndarray, axes: str, path: str) -> np.ndarray:
     """Rearrange a tifffile series (unsqueezed axes) into (C, Z, Y, X)."""
     axes = stored = axes.upper()
     if len(axes) != data.ndim:
-        raise ValueError(f"{path}: axes {axes!r} do not match the data shape {data.shape}.")
+        raise BundleInputError(f"{path}: axes {axes!r} do not match the data shape {data.shape}.")
     sizes = dict(zip(axes, data.shape))
     if "S" in sizes and sizes["S"] > 1:
         # samples (e.g. RGB) are treated as channels unless the file also has real channels
         if sizes.get("C", 1) > 1:
-            raise ValueError(f"{path}: both channels and samples per pixel (axes {axes!r}) are not supported.")
+            raise BundleInputError(f"{path}: both channels and samples per pixel (axes {axes!r}) are not supported.")
         if "C" in sizes:
             data = np.squeeze(data, axis=axes.index("C"))
             axes = axes.replace("C", "")
@@ -244,19 +246,19 @@ def _to_czyx(data: np.ndarray, axes: str, path: str) -> np.ndarray:
         # a plain multi-page or shaped TIFF: the only non-singleton unknown axis is the stack (Z) axis
         axes = axes.replace(generic[0], "Z", 1)
     elif generic:
-        raise ValueError(
+        raise BundleInputError(
             f"{path}: cannot tell which axis is Z in a plain TIFF of shape {data.shape} (axes {axes!r}); "
             "write it as OME-TIFF (e.g. sparsessp_monai.io.write_ome_tiff) so the axes are explicit."
         )
     sizes = dict(zip(axes, data.shape))
     extra = [a for a in axes if a not in "CZYX" and sizes[a] > 1]
     if extra:
-        raise ValueError(
+        raise BundleInputError(
             f"{path}: axes {axes!r} (shape {data.shape}) include non-singleton axes {extra} (e.g. time); "
             "only single time point (C, Z, Y, X) volumes are supported."
         )
     if "Y" not in axes or "X" not in axes or "Z" not in axes:
-        raise ValueError(
+        raise BundleInputError(
             f"{path}: expected a 3D (Z, Y, X) volume but the TIFF has axes {stored!r} with shape {data.shape} "
             "(a 2D image?)."
         )
@@ -268,6 +270,19 @@ def _to_czyx(data: np.ndarray, axes: str, path: str) -> np.ndarray:
         data = data[None]
         axes = "C" + axes
     return np.transpose(data, [axes.index(a) for a in "CZYX"])
+
+
+def _read_problem(path: str, exc: BaseException) -> str:
+    """What is wrong with a TIFF file that tifffile could not read, in words (tifffile's message as the detail)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] not in (b"II", b"MM"):
+        # every TIFF starts with the byte-order mark II or MM
+        return f"not a TIFF file (it starts with {head!r}; a TIFF starts with b'II' or b'MM')"
+    message = str(exc) or type(exc).__name__
+    if "failed to read" in message or isinstance(exc, EOFError):
+        return f"the file is truncated ({message}); copy it again"
+    return f"the file is damaged or not a valid TIFF ({type(exc).__name__}: {message})"
 
 
 def read_ome_tiff(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
@@ -294,17 +309,18 @@ def read_ome_tiff(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
             - ``"axes"``: the axes string of the series as stored in the file (tifffile convention).
 
     Raises:
-        FileNotFoundError: when ``path`` does not exist.
-        ValueError: naming the file, when it is not a readable TIFF, is truncated, is not a 3D volume, has
-            several time points or ambiguous axes.
+        sparsessp_monai.engines.errors.InputFileNotFoundError: when ``path`` does not exist (a
+            ``FileNotFoundError``).
+        sparsessp_monai.engines.BundleInputError: naming the file and the problem (a ``ValueError``), when it is not
+            a TIFF, is truncated or damaged, is not a 3D volume, has several time points or ambiguous axes.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"TIFF file not found: {path}")
+        raise InputFileNotFoundError(f"TIFF file not found: {path}")
     try:
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
-                raise ValueError(f"{path}: the TIFF file contains no image series.")
+                raise BundleInputError(f"{path}: the TIFF header lists no image (a scrambled or damaged file?).")
             series = tif.series[0]
             stored_axes = series.axes
             # unsqueezed axes keep singleton Z/C/T, so a one-slice OME volume is still recognised as having a Z axis
@@ -314,14 +330,10 @@ def read_ome_tiff(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
                 full_axes, full_shape = series.axes, series.shape
             data = series.asarray().reshape(full_shape)
             spacing, names = _tiff_spacing(tif)
-    except ValueError as exc:
-        # tifffile's own errors (TiffFileError is a ValueError) do not always name the file
-        message = str(exc)
-        if path in message:
-            raise
-        raise ValueError(f"cannot read TIFF file {path}: {message}") from exc
-    except Exception as exc:  # corrupt files surface as struct/KeyError/IndexError/ET.ParseError etc.
-        raise ValueError(f"cannot read TIFF file {path}: {type(exc).__name__}: {exc}") from exc
+    except (BundleInputError, MemoryError):
+        raise
+    except Exception as exc:  # corrupt files surface as TiffFileError/struct/KeyError/IndexError/ET.ParseError etc.
+        raise BundleInputError(f"cannot read TIFF file {path}: {_read_problem(path, exc)}") from exc
 
     array = _to_czyx(data, full_axes, path)
     if not array.dtype.isnative:

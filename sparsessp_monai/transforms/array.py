@@ -23,6 +23,7 @@ from monai.data import MetaTensor, get_track_meta
 from monai.transforms import Transform
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
+from sparsessp_monai.engines.errors import BundleInputError
 from sparsessp_monai.transforms.bspline import cubic_z_matrix
 
 __all__ = [
@@ -56,35 +57,36 @@ def validate_volume(img: NdarrayOrTensor, name: str = "image") -> torch.Tensor:
     """Return ``img`` as a tensor after checking it is a finite channel-first 3D volume ``(C, S0, S1, S2)``.
 
     Raises:
-        ValueError: wrong rank, or NaN/Inf values; the message names ``name``.
+        BundleInputError: wrong rank, or NaN/Inf values; the message names ``name`` (a ``ValueError``).
     """
     t = convert_to_tensor(img, track_meta=get_track_meta())
     if t.ndim != 4:
-        raise ValueError(
+        raise BundleInputError(
             f"{name} must be a channel-first 3D volume (C, D, H, W) with 4 dimensions, got shape {tuple(t.shape)}."
         )
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).sum())
-        raise ValueError(f"{name} contains {bad} NaN/Inf value(s); clean or mask the volume before resampling.")
+        raise BundleInputError(f"{name} contains {bad} NaN/Inf value(s); clean or mask the volume before resampling.")
     return t
 
 
 def check_ratio(ratio: Any) -> int:
-    """``ratio`` as a positive ``int`` (an integral float is accepted); ``ValueError`` otherwise."""
+    """``ratio`` as a positive ``int`` (an integral float is accepted); :class:`BundleInputError` (a ``ValueError``)
+    otherwise."""
     if isinstance(ratio, bool) or not isinstance(ratio, (int, np.integer)):
         if isinstance(ratio, float) and ratio.is_integer():
             ratio = int(ratio)
         else:
-            raise ValueError(f"ratio must be a positive integer, got {ratio!r}.")
+            raise BundleInputError(f"ratio must be a positive integer, got {ratio!r}.")
     if ratio < 1:
-        raise ValueError(f"ratio must be a positive integer, got {ratio!r}.")
+        raise BundleInputError(f"ratio must be a positive integer, got {ratio!r}.")
     return int(ratio)
 
 
 def check_axis(axis: int) -> int:
-    """``axis`` as a spatial axis 0, 1 or 2 of a ``(C, S0, S1, S2)`` volume; ``ValueError`` otherwise."""
+    """``axis`` as a spatial axis 0, 1 or 2 of a ``(C, S0, S1, S2)`` volume; :class:`BundleInputError` otherwise."""
     if axis not in (0, 1, 2):
-        raise ValueError(f"axis must be a spatial axis 0, 1 or 2 of a (C, S0, S1, S2) volume, got {axis!r}.")
+        raise BundleInputError(f"axis must be a spatial axis 0, 1 or 2 of a (C, S0, S1, S2) volume, got {axis!r}.")
     return int(axis)
 
 
@@ -97,14 +99,16 @@ def ratio_from_z_steps(z_step: float, target_z_step: float, rtol: float = 1e-3) 
         rtol: relative tolerance for the ratio to count as an integer.
 
     Raises:
-        ValueError: non-positive steps, or a ratio that is not an integer within ``rtol``.
+        BundleInputError: non-positive steps, or a ratio that is not an integer within ``rtol``.
     """
     if not (z_step > 0 and target_z_step > 0) or not math.isfinite(z_step) or not math.isfinite(target_z_step):
-        raise ValueError(f"z-steps must be positive and finite, got z_step={z_step}, target_z_step={target_z_step}.")
+        raise BundleInputError(
+            f"z-steps must be positive and finite, got z_step={z_step}, target_z_step={target_z_step}."
+        )
     ratio = z_step / target_z_step
     nearest = round(ratio)
     if nearest < 1 or abs(ratio - nearest) > rtol * ratio:
-        raise ValueError(
+        raise BundleInputError(
             f"acquired z-step {z_step} is not an integer multiple of the target z-step {target_z_step} "
             f"(ratio {ratio:.4f}); resample to a compatible target z-step."
         )
@@ -140,23 +144,23 @@ class SubsampleZ(Transform):
         self.ratio = check_ratio(ratio)
         self.axis = check_axis(axis)
         if not 0 <= int(offset) < self.ratio:
-            raise ValueError(f"offset must be in [0, ratio={self.ratio}), got {offset}.")
+            raise BundleInputError(f"offset must be in [0, ratio={self.ratio}), got {offset}.")
         self.offset = int(offset)
 
     def __call__(self, img: NdarrayOrTensor, offset: int | None = None) -> NdarrayOrTensor:
         """Subsample ``img`` ``(C, S0, S1, S2)``; ``offset`` overrides the constructor's for this call."""
         offset = self.offset if offset is None else int(offset)
         if not 0 <= offset < self.ratio:
-            raise ValueError(f"offset must be in [0, ratio={self.ratio}), got {offset}.")
-        t = validate_volume(img)
+            raise BundleInputError(f"offset must be in [0, ratio={self.ratio}), got {offset}.")
+        t = validate_volume(img, image_name(img))
         full_depth = int(t.shape[self.axis + 1])
         if full_depth < self.ratio:
-            raise ValueError(
-                f"too few slices for the ratio: depth {full_depth} along spatial axis {self.axis} "
+            raise BundleInputError(
+                f"{image_name(t)}: too few slices for the ratio: depth {full_depth} along spatial axis {self.axis} "
                 f"is smaller than ratio {self.ratio}."
             )
         if offset >= full_depth:
-            raise ValueError(f"offset {offset} is outside a depth of {full_depth} slices.")
+            raise BundleInputError(f"offset {offset} is outside a depth of {full_depth} slices.")
         indices = tuple(range(offset, full_depth, self.ratio))
         out = t.index_select(self.axis + 1, torch.tensor(indices, dtype=torch.int64, device=t.device))
         if isinstance(out, MetaTensor):
@@ -183,13 +187,13 @@ def z_placement(
     defaults to ``n * ratio`` for ``n`` acquired slices.
 
     Raises:
-        ValueError: no ``sparse_z`` meta and no ``ratio``.
+        BundleInputError: no ``sparse_z`` meta and no ``ratio``.
     """
     info = img.meta.get(SPARSE_Z_KEY) if isinstance(img, MetaTensor) else None
     if info:
         return int(info["ratio"]), int(info["offset"]), int(info["full_depth"]), int(info["axis"])
     if ratio is None:
-        raise ValueError(
+        raise BundleInputError(
             "the stack carries no 'sparse_z' meta: give the acquisition ratio (or z_step and target_z_step)."
         )
     n = int(img.shape[axis + 1])
@@ -232,6 +236,12 @@ class PrefixResampleZ(Transform):
         target_z_step: spacing of the full grid.
         min_slices: fewer acquired slices than this is a "too few slices" error; default 2 for ``"cubic"`` (a
             spline through one slice is a constant), 1 for the other modes.
+        max_ratio: a larger ratio is refused (``None``: no bound). A ratio far above what a model was trained for
+            invents almost every slice and mostly comes from a mistake (a missing z-step, a typo), so the inference
+            bundle refuses ratios above 16 unless ``--max_ratio`` is raised.
+
+    Raises:
+        BundleInputError: naming the file: too few slices for the placement, or a ratio above ``max_ratio``.
     """
 
     backend = [torch.Tensor, np.ndarray]
@@ -246,15 +256,16 @@ class PrefixResampleZ(Transform):
         z_step: float | None = None,
         target_z_step: float | None = None,
         min_slices: int | None = None,
+        max_ratio: int | None = None,
     ) -> None:
         if mode not in PREFIX_MODES:
-            raise ValueError(f"mode must be one of {PREFIX_MODES}, got {mode!r}.")
+            raise BundleInputError(f"mode must be one of {PREFIX_MODES}, got {mode!r}.")
         self.mode = mode
         if ratio is None and z_step is not None and target_z_step is not None:
             ratio = ratio_from_z_steps(z_step, target_z_step)
         elif ratio is not None and z_step is not None and target_z_step is not None:
             if ratio_from_z_steps(z_step, target_z_step) != check_ratio(ratio):
-                raise ValueError(
+                raise BundleInputError(
                     f"ratio {ratio} disagrees with z_step {z_step} / target_z_step {target_z_step}; "
                     "give one or the other."
                 )
@@ -263,22 +274,31 @@ class PrefixResampleZ(Transform):
         self.offset = int(offset)
         self.axis = check_axis(axis)
         self.min_slices = (2 if mode == "cubic" else 1) if min_slices is None else int(min_slices)
+        self.max_ratio = None if max_ratio is None else check_ratio(max_ratio)
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         """Resample a sparse ``(C, S0, S1, S2)`` stack to the full ``(C, ...)`` grid along the sparse axis."""
-        t = validate_volume(img)
-        name = image_name(t)
+        name = image_name(img)
+        t = validate_volume(img, name)
         ratio, offset, full_depth, axis = z_placement(t, self.ratio, self.offset, self.target_depth, self.axis)
         n = int(t.shape[axis + 1])
+        if self.max_ratio is not None and ratio > self.max_ratio:
+            raise BundleInputError(
+                f"{name}: ratio {ratio} would rebuild {full_depth} slices from {n} ({ratio - 1} invented between "
+                f"neighbouring acquired slices); ratios above max_ratio {self.max_ratio} are refused as a likely "
+                f"mistake (a missing or wrong z-step, a typo); pass --max_ratio {ratio} if it is meant."
+            )
         if n < 1:
-            raise ValueError(f"{name}: the sparse stack has no slices.")
+            raise BundleInputError(f"{name}: the sparse stack has no slices.")
         if n < self.min_slices:
-            raise ValueError(f"{name}: too few slices for the ratio: {n} acquired slice(s), need {self.min_slices}.")
+            raise BundleInputError(
+                f"{name}: too few slices for the ratio: {n} acquired slice(s), need {self.min_slices}."
+            )
         if not 0 <= offset < ratio:
-            raise ValueError(f"offset must be in [0, ratio={ratio}), got {offset}.")
+            raise BundleInputError(f"offset must be in [0, ratio={ratio}), got {offset}.")
         last = offset + (n - 1) * ratio
         if last >= full_depth:
-            raise ValueError(
+            raise BundleInputError(
                 f"{name}: too few slices in the target depth for the ratio: {n} slices at ratio {ratio} "
                 f"(offset {offset}) reach index {last}, beyond a target depth of {full_depth}."
             )

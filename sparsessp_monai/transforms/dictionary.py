@@ -9,7 +9,8 @@ import numpy as np
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Randomizable
 
-from sparsessp_monai.transforms.array import PrefixResampleZ, SubsampleZ, check_ratio
+from sparsessp_monai.engines.errors import BundleInputError
+from sparsessp_monai.transforms.array import PrefixResampleZ, SubsampleZ, check_ratio, image_name
 
 __all__ = ["PrefixResampleZd", "RandSubsampleZd", "StructureToTaskd", "SubsampleZd"]
 
@@ -60,7 +61,7 @@ class RandSubsampleZd(Randomizable, MapTransform):
         MapTransform.__init__(self, keys, allow_missing_keys)
         ratios = [ratio] if isinstance(ratio, (int, np.integer, float)) else list(ratio)
         if not ratios:
-            raise ValueError("ratio must be a positive integer or a non-empty sequence of them.")
+            raise BundleInputError("ratio must be a positive integer or a non-empty sequence of them.")
         self.ratios = [check_ratio(r) for r in ratios]
         self.axis = axis
         self.random_offset = random_offset
@@ -95,7 +96,8 @@ class PrefixResampleZd(MapTransform):
         ratio_key: the entry holding a per-sample ratio (optional).
         allow_missing_keys: don't raise for missing keys.
         resample_args: the arguments of :class:`~sparsessp_monai.transforms.array.PrefixResampleZ` (``mode``,
-            ``ratio``, ``target_depth``, ``offset``, ``axis``, ``z_step``, ``target_z_step``, ``min_slices``).
+            ``ratio``, ``target_depth``, ``offset``, ``axis``, ``z_step``, ``target_z_step``, ``min_slices``,
+            ``max_ratio``).
     """
 
     backend = PrefixResampleZ.backend
@@ -134,29 +136,59 @@ class StructureToTaskd(MapTransform):
     Turn a structure name into the task id the network is conditioned on: ``d[task_key] = structures.index(name)``.
 
     The id always follows the model's ``structures`` list, whatever ids a datalist may carry, so one model and one
-    table of names stay consistent.
+    table of names stay consistent. A datalist id that is not a whole number (``1.5``, ``"two"``) is refused rather
+    than replaced: it shows the datalist is not what it is meant to be (the network would truncate it).
 
     Args:
         structures: structure names, in task-id order.
         keys: the key holding the structure name.
         task_key: the key to write the task id to.
+        file_key: the key naming the item's file, for error messages.
 
     Raises:
-        ValueError: unknown structure name (the message lists the known ones).
+        BundleInputError: naming the item's file: no structure name, an unknown one (the message lists the known
+            ones), or a datalist task id that is not a whole number.
     """
 
-    def __init__(self, structures: Sequence[str], keys: KeysCollection = "structure", task_key: str = "task") -> None:
+    def __init__(
+        self,
+        structures: Sequence[str],
+        keys: KeysCollection = "structure",
+        task_key: str = "task",
+        file_key: str = "image",
+    ) -> None:
         super().__init__(keys)
         self.structures = [str(s) for s in structures]
         if not self.structures or len(set(self.structures)) != len(self.structures):
-            raise ValueError(f"structures must be a non-empty list of unique names, got {self.structures}.")
+            raise BundleInputError(f"structures must be a non-empty list of unique names, got {self.structures}.")
         self.task_key = task_key
+        self.file_key = file_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        for key in self.key_iterator(d):
+        item = image_name(d.get(self.file_key), d.get(self.file_key, "datalist item"))
+        for key in self.keys:
+            if key not in d:
+                raise BundleInputError(f"{item}: the datalist item has no {key!r} (the structure to predict).")
             name = str(d[key])
             if name not in self.structures:
-                raise ValueError(f"unknown structure name {name!r}; this model knows {self.structures}.")
+                raise BundleInputError(f"{item}: unknown structure name {name!r}; this model knows {self.structures}.")
+            given = d.get(self.task_key)
+            if given is not None and not _whole_number(given):
+                raise BundleInputError(
+                    f"{item}: task id {given!r} in the datalist is not a whole number; give the structure name "
+                    f"(task ids follow {self.structures})."
+                )
             d[self.task_key] = self.structures.index(name)
         return d
+
+
+def _whole_number(value: Any) -> bool:
+    """Whether a datalist value is an integer (a bool, a non-integral float or a string is not)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, np.integer)):
+        return True
+    if isinstance(value, (float, np.floating)):
+        return float(value).is_integer()
+    return hasattr(value, "numel") and value.numel() == 1 and not value.is_floating_point()

@@ -12,6 +12,7 @@ from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
 from monai.transforms import MapTransform
 
+from sparsessp_monai.engines.errors import BundleInputError
 from sparsessp_monai.io import known_spacing_axes
 from sparsessp_monai.transforms.array import check_ratio, ratio_from_z_steps
 
@@ -70,7 +71,7 @@ class ResolveZRatiod(MapTransform):
         if self.ratio is not None and self.z_step is not None and self.target_z_step is not None:
             derived = ratio_from_z_steps(self.z_step, self.target_z_step)
             if derived != self.ratio:
-                raise ValueError(
+                raise BundleInputError(
                     f"z_step {self.z_step} / target_z_step {self.target_z_step} gives ratio {derived}, but ratio "
                     f"{self.ratio} was configured; give consistent values (or only one of them)."
                 )
@@ -80,9 +81,9 @@ class ResolveZRatiod(MapTransform):
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a positive number, got {value!r}.") from None
+            raise BundleInputError(f"{name} must be a positive number, got {value!r}.") from None
         if not (number > 0 and np.isfinite(number)):
-            raise ValueError(f"{name} must be a positive number, got {value!r}.")
+            raise BundleInputError(f"{name} must be a positive number, got {value!r}.")
         return number
 
     def _z_step(self, img: Any, name: Any) -> float | None:
@@ -91,7 +92,7 @@ class ResolveZRatiod(MapTransform):
         if isinstance(img, MetaTensor) and _z_step_known(img, self.axis):
             file_step = float(affine_to_spacing(img.affine, r=3)[self.axis])
         if file_step is not None and self.z_step is not None and not np.isclose(file_step, self.z_step, rtol=1e-3):
-            raise ValueError(
+            raise BundleInputError(
                 f"{name}: the file records a z-step of {file_step:g} but z_step {self.z_step:g} was configured; "
                 "fix the file's PhysicalSizeZ or the z_step."
             )
@@ -120,7 +121,7 @@ class ResolveZRatiod(MapTransform):
             img = d[key]
             name = img.meta.get("filename_or_obj", key) if isinstance(img, MetaTensor) else key
             if hasattr(img, "shape") and len(img.shape) == 4 and img.shape[self.axis + 1] < self.min_slices:
-                raise ValueError(
+                raise BundleInputError(
                     f"{name}: too few slices: {img.shape[self.axis + 1]} acquired slice(s) along spatial axis "
                     f"{self.axis}, at least {self.min_slices} are needed to rebuild the full grid."
                 )
@@ -132,16 +133,16 @@ class ResolveZRatiod(MapTransform):
                 try:
                     from_steps = ratio_from_z_steps(z_step, self.target_z_step)
                 except ValueError as exc:
-                    raise ValueError(f"{name}: {exc}") from None
+                    raise BundleInputError(f"{name}: {exc}") from None
             if self.ratio is not None and from_steps is not None and from_steps != self.ratio:
-                raise ValueError(
+                raise BundleInputError(
                     f"{name}: its z-step {z_step:g} gives ratio {from_steps} against the target z-step "
                     f"{self.target_z_step}, but ratio {self.ratio} was configured; fix the file's PhysicalSizeZ, "
                     "z_step or the ratio."
                 )
             ratio = self.ratio if self.ratio is not None else from_steps
             if ratio is None:
-                raise ValueError(
+                raise BundleInputError(
                     f"{name}: no acquisition ratio: the file records no z-step; set 'ratio', or 'z_step' (the "
                     "acquired slice spacing) with 'target_z_step'."
                 )
