@@ -22,7 +22,7 @@ from .publish import (
     staged_folder,
     staging_path,
 )
-from .reader import TiffReader, known_spacing_axes, spacing_to_affine
+from .reader import TiffReader, TiffVolume, known_spacing_axes, spacing_to_affine
 from .tiff import TIFF_SUFFIXES, read_ome_tiff, write_ome_tiff
 from .writer import OmeTiffWriter, ome_tiff_name_formatter
 
@@ -33,6 +33,7 @@ __all__ = [
     "CziReader",
     "OmeTiffWriter",
     "TiffReader",
+    "TiffVolume",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
