@@ -1,26 +1,34 @@
 """
-Train every SparseSSP variant with the same data, seed and budget, evaluate at r = 1, 2, 4, 8, and check the
-paper's claims (library: :mod:`sparsessp_monai.experiments.study`, claims and report in
-:mod:`sparsessp_monai.experiments.claims`).
+Train SparseSSP variants through the shipped bundle (``bundle/configs/train.json`` with overrides, one fresh
+process each), with the same data, seed and number of steps, and report accuracy and cost (library:
+:mod:`sparsessp_monai.experiments.study`, variant sets in :mod:`sparsessp_monai.experiments.sweeps`, claims and
+report in :mod:`sparsessp_monai.experiments.claims`, picture in :mod:`sparsessp_monai.experiments.front`).
 
-Writes ``<out>/study_<device>.csv`` and ``.md`` (command and date at the top). Results of finished variants are
-cached in ``<out>/study_<device>_cache.json``: a killed run continues where it stopped (``--fresh`` ignores it).
+Variant sets (``--sweep``): ``claims`` (the paper's comparison, every topology at r = 1, 2, 4, 8 and the
+ablations), ``front`` (3to2d decoder widths, embedding and encoder widths; 3d widths; at r = 4 and 8), ``loss``
+(L1 against MSE for two points), ``data`` (4, 16, 64 volumes per structure, same steps), ``all``.
 
-    python scripts/study.py                      # CPU default: 19 variants x 900 steps, about 31 min on 2 cores
-    python scripts/study.py --full --device cuda # GPU-sized: 32x128x128 patches, more data and steps
-    python scripts/study.py --quick --out /tmp/s # seconds, for tests
+Writes ``<out>/study_<device>.csv`` and ``.md`` for the claims set (``study_<sets>_<device>.*`` for other sets),
+and ``<out>/study_front.png`` and ``.md`` when front points are among the results. Finished variants are cached in
+``<out>/study_<device>_cache.json`` (keyed by their overrides and the settings): a killed run continues where it
+stopped (``--fresh`` ignores the cache). Bundle roots of the variants go under ``--work``.
+
+    python scripts/study.py                                   # the claims, CPU, 12 epochs x 36 steps per variant
+    python scripts/study.py --sweep front loss data --threads 2
+    python scripts/study.py --sweep front --dry-run           # the variants and their overrides
+    python scripts/study.py --sweep all --device cuda
+    python scripts/study.py --quick --out /tmp/s              # seconds per variant, for tests
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
@@ -28,59 +36,104 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
 
 from sparsessp_monai.engines.bundle_utils import fast_bf16  # noqa: E402
 from sparsessp_monai.experiments import benchmarking as bm  # noqa: E402
-from sparsessp_monai.experiments import claims, study  # noqa: E402
+from sparsessp_monai.experiments import claims, front, study, sweeps  # noqa: E402
 from sparsessp_monai.io.publish import atomic_write_text  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="tiny shapes and 2 steps (tests)")
-    size.add_argument("--full", action="store_true", help="GPU-sized settings")
+    p.add_argument("--quick", action="store_true", help="tiny demo data, 1 epoch of 2 steps (tests)")
+    p.add_argument("--sweep", nargs="+", default=["claims"], choices=[*sweeps.SWEEPS, "all"])
+    p.add_argument("--ratios", type=int, nargs="+", help="ratios of the sets (claims: 1 2 4 8, others: 4 8)")
+    p.add_argument("--loss-points", nargs="+", metavar="NAME",
+                   help="front variants (without -r<ratio>) trained with L1 by the loss set, e.g. 3to2d-c4-e16")
+    p.add_argument("--add", action="append", default=[], metavar="NAME=JSON",
+                   help="one more variant: a name and a JSON object of overrides of train.json")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
-    p.add_argument("--steps", type=int, help="training steps per variant")
+    p.add_argument("--epochs", type=int, help="training budget: epochs per variant (default 12; quick 1)")
+    p.add_argument("--steps-per-epoch", type=int, help="optimiser steps per epoch (default 36; quick 2)")
     p.add_argument("--seed", type=int)
     p.add_argument("--bf16", default="auto", choices=["auto", "on", "off"],
-                   help="bf16 autocast in training (auto: where the device has native bf16); evaluation is fp32")
-    p.add_argument("--generalisation", help="topologies also evaluated at the other ratios: all, none or one")
-    p.add_argument("--only", nargs="+", default=None, metavar="SUBSTRING",
-                   help="run only variants whose name contains one of these strings")
-    p.add_argument("--threads", type=int, default=None)
+                   help="bf16 autocast in training and validation (auto: where the device has native bf16)")
+    p.add_argument("--generalisation", default="3to2d", help="claims: topologies also evaluated at the other ratios")
+    p.add_argument("--override", action="append", default=[], metavar="ID=JSON", help="override for every variant")
+    p.add_argument("--only", nargs="+", default=None, metavar="REGEX",
+                   help="run only variants whose name matches one of these regular expressions (re.search)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of each variant's process")
     p.add_argument("--little-drop", type=float, default=0.05, help="max R2 drop r=1 -> r=4 that counts as little")
     p.add_argument("--degrade-drop", type=float, default=0.02, help="min R2 drop r=4 -> r=8 that counts as degrading")
     p.add_argument("--out", default=str(ROOT / "docs"))
+    p.add_argument("--work", help="folder of the variants' bundle roots (default: runs/<report stem>)")
     p.add_argument("--fresh", action="store_true", help="ignore the cache of finished variants")
+    p.add_argument("--dry-run", action="store_true", help="print the variants and their overrides, run nothing")
     return p.parse_args(argv)
 
 
+def _pairs(items: list[str], flag: str) -> dict[str, object]:
+    """``KEY=JSON`` strings as a dict (a value that is not JSON stays a string)."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} must be KEY=JSON, got {item!r}.")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def make_settings(args: argparse.Namespace) -> study.StudySettings:
+    """The shared settings of the command line."""
+    device = bm.resolve_device(args.device)
+    settings = study.StudySettings.quick() if args.quick else study.StudySettings()
+    bf16 = {"on": True, "off": False, "auto": fast_bf16(device)}[args.bf16]
+    settings = study.replace_settings(settings, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                                      seed=args.seed, bf16=bf16, device=device.type, threads=args.threads,
+                                      extra=_pairs(args.override, "--override") or None)
+    settings.validate()
+    return settings
+
+
+def make_variants(args: argparse.Namespace, settings: study.StudySettings) -> list[study.Variant]:
+    """The variants of ``--sweep`` filtered by ``--only``, then those of ``--add``."""
+    variants = sweeps.sweep_variants(args.sweep, settings.config_file, args.ratios, args.loss_points,
+                                     args.generalisation)
+    if args.only:
+        variants = [v for v in variants if any(re.search(s, v.name) for s in args.only)]
+        if not variants and not args.add:
+            raise ValueError(f"no variant matches {args.only}")
+    for name, overrides in _pairs(args.add, "--add").items():
+        if not isinstance(overrides, dict):
+            raise ValueError(f"--add {name}: the overrides must be a JSON object.")
+        variants.append(study.Variant(name, overrides, "added", baseline=False))
+    return variants
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the study and write its CSV and Markdown."""
+    """Run the study and write its reports."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     try:
-        device = bm.resolve_device(args.device)
-        settings = study.StudySettings.quick() if args.quick else (
-            study.StudySettings.full() if args.full else study.StudySettings())
-        bf16 = {"on": True, "off": False, "auto": fast_bf16(device)}[args.bf16]
-        settings = study.replace_settings(settings, steps=args.steps, seed=args.seed, bf16=bf16,
-                                          generalisation=args.generalisation)
-        settings.validate()
+        settings = make_settings(args)
+        variants = make_variants(args, settings)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    variants = study.default_variants(settings.ratios, settings.ablation_ratio)
-    if args.only:
-        variants = [v for v in variants if any(s in v.name for s in args.only)]
-        if not variants:
-            print(f"error: no variant matches {args.only}", file=sys.stderr)
-            return 2
+    if args.dry_run:
+        print(f"shared overrides: {json.dumps(settings.overrides())}")
+        for v in variants:
+            evals = f" (also evaluated at r={list(v.eval_ratios)})" if v.eval_ratios else ""
+            print(f"{v.name} [{v.group}]{evals}: {json.dumps(v.overrides)}")
+        print(f"{len(variants)} variants, {settings.epochs} epochs x {settings.steps_per_epoch} steps each")
+        return 0
 
     out = Path(args.out)
-    stem = f"study_{device.type}{'_quick' if args.quick else ''}"
-    cache_path = out / f"{stem}_cache.json"
+    device = f"{settings.device}{'_quick' if args.quick else ''}"
+    sets = "" if args.sweep == ["claims"] else "_" + "+".join(args.sweep)
+    stem = f"study{sets}_{device}"
+    cache_path = out / f"study_{device}_cache.json"  # one cache per device for every set: keys are the overrides
     cache: dict = {}
     if cache_path.is_file() and not args.fresh:
         try:
@@ -91,19 +144,25 @@ def main(argv: list[str] | None = None) -> int:
     def save(c: dict) -> None:
         atomic_write_text(cache_path, json.dumps(c, indent=1))
 
+    work = Path(args.work) if args.work else ROOT / "runs" / f"study_{device}"
     t0 = time.perf_counter()
-    try:
-        rows = study.run_study(settings, variants, device, cache, save, log=lambda m: print(m, flush=True))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    rows, failed = study.run_study(settings, variants, work, cache, save, log=lambda m: print(m, flush=True))
+    command = ("python scripts/study.py " + " ".join(shlex.quote(a) for a in argv)).strip()
+    if rows:
+        ratios = sorted({int(r["ratio"]) for r in rows})
+        verdicts = claims.check_claims(rows, args.ratios or (1, 2, 4, 8), 4, args.little_drop, args.degrade_drop)
+        bars = claims.check_bars(rows, [r for r in (4, 8) if r in ratios])
+        md = claims.render_markdown(rows, verdicts, settings, command, settings.device, args.quick,
+                                    time.perf_counter() - t0, bars)
+        bm.write_csv(out / f"{stem}.csv", rows)
+        atomic_write_text(out / f"{stem}.md", md)
+        print(md)
+        if any(r["group"] in ("front", "loss") for r in rows):
+            png, front_md = front.write_front(rows, out, command, "study_front" + ("_quick" if args.quick else ""))
+            print(f"wrote {png} and {front_md}")
+    if failed:
+        print(f"error: {len(failed)} variant(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
-    verdicts = claims.check_claims(rows, settings.ratios, settings.ablation_ratio, args.little_drop, args.degrade_drop)
-    command = "python scripts/study.py " + " ".join(shlex.quote(a) for a in argv)
-    md = claims.render_markdown(rows, verdicts, settings, command.strip(), device.type, args.quick,
-                                time.perf_counter() - t0)
-    bm.write_csv(out / f"{stem}.csv", rows)
-    atomic_write_text(out / f"{stem}.md", md)
-    print(md)
     return 0
 
 

@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from sparsessp_monai.experiments import benchmarking as bm
-from sparsessp_monai.experiments.claims import check_claims
-from sparsessp_monai.experiments.study import Variant, default_variants, macro_scores
+from sparsessp_monai.experiments import front, sweeps
+from sparsessp_monai.experiments.claims import check_bars, check_claims
+from sparsessp_monai.experiments.study import CONFIG_DIR, StudySettings, variant_key
+from sparsessp_monai.experiments.study_worker import read_scores
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
@@ -68,44 +70,167 @@ def test_claims_confirmed_and_refuted_on_hand_made_tables():
     assert set(_verdicts(check_claims(partial))) == {"not evaluated"}
 
 
-def test_macro_scores_average_per_structure_first():
-    rows = [
-        {"structure": "dna", "mse": 1.0, "mae": 1.0, "r2": 0.9, "pearson": 0.9},
-        {"structure": "dna", "mse": 3.0, "mae": 1.0, "r2": 0.7, "pearson": float("nan")},
-        {"structure": "actin", "mse": 0.0, "mae": 1.0, "r2": 0.2, "pearson": 0.5},
-    ]
-    scores = macro_scores(rows)
-    assert scores["mse"] == pytest.approx((2.0 + 0.0) / 2)
-    assert scores["r2"] == pytest.approx((0.8 + 0.2) / 2)  # not the image mean 0.6
-    assert scores["pearson"] == pytest.approx((0.9 + 0.5) / 2)  # NaN skipped
+def test_claims_use_baseline_rows_only():
+    good = _table({1: 0.80, 2: 0.79, 4: 0.77, 8: 0.70}, {1: 0.75, 2: 0.76, 4: 0.72, 8: 0.62}, 0.76, 0.60, 0.70)
+    # a wider 3to2d with the same claim axes must not stand in for the default
+    wide = [{**_row("3to2d", r, 0.10), "baseline": False} for r in (1, 2, 4, 8)]
+    assert _verdicts(check_claims(good + wide)) == ["confirmed"] * 6
+    csv_like = [{**row, "baseline": "True"} for row in good] + [{**row, "baseline": "False"} for row in wide]
+    assert _verdicts(check_claims(csv_like)) == ["confirmed"] * 6
 
 
-def test_default_variants_cover_the_study():
-    names = [v.name for v in default_variants()]
+def _cost_row(topology: str, ratio: int, r2: float, step: float, default: bool = False, **extra) -> dict:
+    return {**_row(topology, ratio, r2), "default": default, "baseline": True, "train_step_s": step,
+            "features_3d": [16, 32, 64, 128], **extra}
+
+
+def test_bars_need_accuracy_and_half_the_step_time():
+    rows = [_cost_row("3to2d", 4, 0.70, 0.5, default=True), _cost_row("3d", 4, 0.69, 1.2),
+            _cost_row("3to2d", 8, 0.60, 0.5, default=True), _cost_row("3d", 8, 0.62, 1.2),
+            _cost_row("3d", 4, 0.99, 9.0, features_3d=[32, 64, 128, 256])]  # another encoder: not the rival
+    bars = check_bars(rows)
+    assert _verdicts(bars) == ["confirmed", "refuted"]
+    assert "+0.0100" in bars[0].margin and "0.42x" in bars[0].margin
+    slow = [_cost_row("3to2d", 4, 0.70, 0.7, default=True), _cost_row("3d", 4, 0.69, 1.2)]
+    assert _verdicts(check_bars(slow, [4])) == ["refuted"]  # accurate enough but not twice as fast
+    assert _verdicts(check_bars(rows[:1], [4])) == ["not evaluated"]
+
+
+def test_read_scores_takes_the_macro_row(tmp_path):
+    # the bundle's PerStructureMetricsSaver report: the "all" row is the mean over structures
+    (tmp_path / "metrics_per_structure.csv").write_text(
+        "structure,n_images,val_r2,val_mse,val_mae,val_pearson\n"
+        "dna,2,0.8,2.0,1.0,0.9\nactin,1,0.2,0.0,1.0,0.5\n"
+        "all,3,0.5,1.0,1.0,0.7\nall_images,3,0.6,1.3,1.0,0.77\n"
+    )
+    scores = read_scores(tmp_path)
+    assert scores["r2"] == pytest.approx(0.5) and scores["mse"] == pytest.approx(1.0)
+    assert scores["pearson"] == pytest.approx(0.7) and scores["images"] == 3
+    assert scores["r2_per_structure"] == {"dna": 0.8, "actin": 0.2}
+
+
+def test_claim_variants_cover_the_study():
+    variants = sweeps.claim_variants(CONFIG_DIR / "train.json")
+    names = [v.name for v in variants]
     assert len(names) == len(set(names)) == 19
-    assert Variant(topology="3to2d", ratio=4, z_mapping="suffix").name in names
+    assert "3to2d-r4-suffix-emb3d" in names
     assert "3to2d-r4-prefix_trilinear-emb2d" in names and "3to2d-r4-prefix_nearest-emb3d" in names
+    assert all(v.baseline and v.group == "claims" for v in variants)
+    by_name = {v.name: v for v in variants}
+    assert by_name["3to2d-r4-prefix_trilinear-emb3d"].overrides == {}  # the config itself (r = 4 is its ratio)
+    assert by_name["3d-r8-prefix_trilinear-emb3d"].overrides == {"network_def#topology": "3d", "ratio": 8}
+    assert by_name["3to2d-r2-prefix_trilinear-emb3d"].eval_ratios == (1, 2, 4, 8)
 
 
-def test_study_quick_end_to_end_and_resume(tmp_path):
-    args = ["--quick", "--device", "cpu", "--bf16", "off", "--out", str(tmp_path), "--only", "3to2d-r4", "3d-r4"]
-    out = _run("study.py", *args)
+def test_suffix_variant_feeds_the_sparse_stack():
+    from monai.bundle import ConfigParser
+
+    suffix = {v.name: v for v in sweeps.claim_variants(CONFIG_DIR / "train.json")}["3to2d-r4-suffix-emb3d"]
+    parser = ConfigParser()
+    parser.read_config(str(CONFIG_DIR / "train.json"))
+    parser.update(suffix.overrides)
+    names = lambda key: [type(t).__name__ for t in parser.get_parsed_content(key).transforms]  # noqa: E731
+    assert "PrefixResampleZd" not in names("train#preprocessing") + names("validate#preprocessing")
+    assert "RandSubsampleZd" in names("train#preprocessing")
+    assert parser.get_parsed_content("validate#inferer#inferer#roi_size") == [8, 128, 128]
+    assert parser.get_parsed_content("network_def").z_mapping == "suffix"
+
+
+def test_front_sweep_lists_the_issue_points():
+    config = CONFIG_DIR / "train.json"
+    variants = {v.name: v for v in sweeps.front_variants(config)}
+    for r in (4, 8):
+        for c, width in ((1, 32), (2, 64), (4, 128), (8, 256)):  # channels per output slice at depth 32
+            v = variants[f"3to2d-c{c}-e16-r{r}"]
+            assert v.overrides.get("network_def#features_2d", [32])[0] == width
+        assert {f"3d-e{w}-r{r}" for w in (8, 16, 32)} <= set(variants)
+        assert variants[f"3to2d-c1-e16-emb2d-r{r}"].overrides["network_def#embedding"] == "2d"
+        assert {f"3to2d-c1-e{w}-r{r}" for w in (8, 32)} <= set(variants)
+    assert variants["3d-e16-r4"].overrides == {"network_def#topology": "3d"}  # shares 3to2d's encoder
+    # the same model in two sets has one cache key, so it is trained once
+    settings = StudySettings.quick()
+    claims_default = {v.name: v for v in sweeps.claim_variants(config)}["3to2d-r4-prefix_trilinear-emb3d"]
+    assert variant_key(settings, claims_default) == variant_key(settings, variants["3to2d-c1-e16-r4"])
+    loss = sweeps.loss_variants(config, (4,), ["3to2d-c4-e16"])
+    assert [v.name for v in loss] == ["3to2d-c4-e16-r4-l1"] and loss[0].overrides["loss"] == "$torch.nn.L1Loss()"
+    data = sweeps.data_variants(config, (4,))
+    assert sorted(v.overrides["demo#num_per_structure"] for v in data) == [4, 4, 16, 16, 64, 64]
+    with pytest.raises(ValueError, match="no front variant"):
+        sweeps.loss_variants(config, (4,), ["nope"])
+
+
+def test_study_dry_run_prints_the_sweep():
+    out = _run("study.py", "--sweep", "front", "loss", "data", "--dry-run", "--epochs", "3")
     assert out.returncode == 0, out.stderr
+    assert '"train#trainer#max_epochs": 3' in out.stdout and '"train#trainer#epoch_length": 36' in out.stdout
+    assert "3to2d-c8-e16-r8 [front]: " in out.stdout and "3d-e16-r4-n64 [data]: " in out.stdout
+    assert "3to2d-c1-e16-r4-l1 [loss]: " in out.stdout
+    assert "38 variants, 3 epochs x 36 steps each" in out.stdout
+
+
+def test_pareto_front_and_picture(tmp_path):
+    assert front.pareto_front([(1.0, 0.5), (2.0, 0.4), (0.5, 0.3), (3.0, 0.9), (2.0, float("nan"))]) == [2, 0, 3]
+    rows = []
+    for r in (4, 8):
+        for name, topology, step, r2, default in (("3to2d-c1-e16", "3to2d", 0.5, 0.62, True),
+                                                  ("3to2d-c2-e16", "3to2d", 0.7, 0.66, False),
+                                                  ("3to2d-c8-e16", "3to2d", 2.9, 0.60, False),
+                                                  ("3d-e16", "3d", 1.9, 0.70, False)):
+            rows.append({"variant": f"{name}-r{r}", "group": "front", "topology": topology, "ratio": r,
+                         "eval_ratio": r, "r2": r2 - r / 100, "pearson": 0.8, "mae": 0.3, "params_m": 1.0,
+                         "gflop": 5.0, "train_step_s": step, "infer_s": 0.1, "train_peak_mib": 800.0,
+                         "features_3d": [16, 32, 64, 128], "features_2d": [32, 64, 128, 256], "embedding": "3d",
+                         "loss": "MSELoss()", "default": default})
+    rows.append({**rows[0], "variant": "3to2d-c1-e16-r4-n64", "group": "data"})  # other data: not on the picture
+    png, md = front.write_front(rows, tmp_path / "docs", "python scripts/study.py --sweep front")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and sorted(p.name for p in png.parent.iterdir()) == [
+        "study_front.md", "study_front.png"]  # nothing temporary left
+    text = md.read_text()
+    assert "Command: `python scripts/study.py --sweep front`" in text and "## r = 4" in text and "## r = 8" in text
+    assert "| 3to2d-c1-e16-r4 (default) |" in text and "n64" not in text
+    on_front = [line.split(" | ")[0] for line in text.splitlines() if line.endswith("| yes |")]
+    expected = [[f"| 3to2d-c1-e16-r{r} (default)", f"| 3to2d-c2-e16-r{r}", f"| 3d-e16-r{r}"] for r in (4, 8)]
+    assert on_front == expected[0] + expected[1]
+
+
+STUDY_VARIANTS = ["3to2d-r4-prefix_trilinear-emb3d", "3d-r4-prefix_trilinear-emb3d"]
+
+
+def test_study_quick_runs_the_bundle_and_resumes(tmp_path):
+    args = ["--quick", "--device", "cpu", "--bf16", "off", "--threads", "1", "--out", str(tmp_path),
+            "--work", str(tmp_path / "runs"), "--ratios", "1", "4", "--only", *(f"^{v}$" for v in STUDY_VARIANTS)]
+    out = _run("study.py", *args)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "study_cpu_quick.csv").open()))
-    names = {r["variant"] for r in rows}
-    assert {"3d-r4-prefix_trilinear-emb3d", "3to2d-r4-suffix-emb3d", "3to2d-r4-prefix_trilinear-emb2d"} <= names
-    assert all(math.isfinite(float(r["mse"])) for r in rows)
-    # 3to2d is evaluated at r=1 too (ratio generalisation)
-    assert any(r["variant"].startswith("3to2d-r4-prefix_trilinear-emb3d") and r["eval_ratio"] == "1" for r in rows)
+    assert {r["variant"] for r in rows} == set(STUDY_VARIANTS)
+    assert all(math.isfinite(float(r[m])) for r in rows for m in ("mse", "mae", "r2", "pearson"))
+    # 3to2d is evaluated at r=1 too (ratio generalisation, evaluate.json merged on train.json)
+    assert any(r["variant"] == STUDY_VARIANTS[0] and r["eval_ratio"] == "1" for r in rows)
     md = (tmp_path / "study_cpu_quick.md").read_text()
     assert md.splitlines()[2].startswith("Command: `python scripts/study.py --quick")
-    assert "| 3to2d at least as accurate as 3d at r=4 |" in md
+    assert "| 3to2d at least as accurate as 3d at r=4 |" in md and "## Bars of the accuracy-cost study" in md
     cache = json.loads((tmp_path / "study_cpu_quick_cache.json").read_text())
-    assert len(cache["variants"]) == len(names)
+    assert len(cache["variants"]) == len(STUDY_VARIANTS)
 
-    again = _run("study.py", *args)  # everything comes from the cache
+    # the study ran the bundle, not a loop of its own: the bundle's outputs are in each variant's bundle root,
+    # the reported R2 is its evaluator's, and the bundle's SupervisedTrainer made the configured number of steps
+    for row in rows:
+        root = Path(row["bundle_root"])
+        assert (root / "models" / "checkpoint_final.pt").is_file() and (root / "models" / "model.pt").is_file()
+        report = "eval" if row["eval_ratio"] == row["ratio"] else f"eval_r{row['eval_ratio']}"
+        with open(root / report / "metrics_per_structure.csv") as f:
+            macro = {r["structure"]: r for r in csv.DictReader(f)}["all"]
+        assert float(row["r2"]) == pytest.approx(float(macro["val_r2"]), abs=1e-12)
+        assert row["trainer"] == "SupervisedTrainer" and row["iterations"] == "2" and row["epochs"] == "1"
+        for key in ("params_m", "gflop", "train_step_s", "infer_s", "cost_peak_mib", "step_s", "bundle_cpu_s"):
+            assert float(row[key]) > 0, key
+    logs = {Path(r["bundle_root"]) / "study_worker.log" for r in rows}
+    stamps = {p: p.stat().st_mtime_ns for p in logs}
+
+    again = _run("study.py", *args)  # everything comes from the cache: nothing is trained or evaluated
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count(": cached") == len(names)
+    assert again.stdout.count(": cached") == len(STUDY_VARIANTS)
+    assert {p: p.stat().st_mtime_ns for p in logs} == stamps
 
     bad = _run("study.py", "--quick", "--out", str(tmp_path / "bad"), "--only", "no-such-variant")
     assert bad.returncode == 2 and "no variant matches" in bad.stderr

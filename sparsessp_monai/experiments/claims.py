@@ -1,25 +1,29 @@
 """
-The paper's claims checked against the results of :func:`sparsessp_monai.experiments.study.run_study`, and the
-Markdown report of a study (``scripts/study.py``).
+The paper's claims and the bars of the accuracy-cost study checked against the results of
+:func:`sparsessp_monai.experiments.study.run_study`, and the Markdown report of a study (``scripts/study.py``).
 
 Each claim is marked confirmed, refuted or "not evaluated" (a variant it needs is missing or NaN) with its margin
-in macro R2 (higher is better), read at each variant's own training ratio.
+in macro R2 (higher is better), read at each variant's own training ratio. Only baseline rows count (rows whose
+variant differs from the config along the claims' axes alone: topology, ratio, z-mapping, prefix mode, embedding),
+so a wider network or another loss in the same results never stands in for the default.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from sparsessp_monai.experiments.benchmarking import markdown_table
-from sparsessp_monai.experiments.study import StudySettings
+from sparsessp_monai.experiments.study import StudySettings, settings_record
 
-__all__ = ["Claim", "check_claims", "render_markdown"]
+__all__ = ["Claim", "check_bars", "check_claims", "format_cell", "render_markdown"]
 
 
 @dataclass
@@ -33,13 +37,18 @@ class Claim:
 
 
 def _lookup(results: list[dict[str, Any]], metric: str = "r2") -> dict[tuple, float]:
-    """``(topology, ratio, z_mapping, prefix_mode, embedding) -> metric`` at each variant's own training ratio."""
+    """``(topology, ratio, z_mapping, prefix_mode, embedding) -> metric`` of the baseline rows at their own ratio."""
     table = {}
     for r in results:
-        if int(r["eval_ratio"]) == int(r["ratio"]):
+        if int(r["eval_ratio"]) == int(r["ratio"]) and _is_true(r.get("baseline", True)):
             key = (r["topology"], int(r["ratio"]), r["z_mapping"], r["prefix_mode"], r["embedding"])
             table[key] = float(r[metric])
     return table
+
+
+def _is_true(value: Any) -> bool:
+    """A flag from a row, also when read back from CSV (``"True"``/``"False"``)."""
+    return value is True or str(value).lower() in ("true", "1")
 
 
 def check_claims(
@@ -128,42 +137,86 @@ def check_claims(
     return claims
 
 
+def check_bars(
+    results: list[dict[str, Any]], ratios: Sequence[int] = (4, 8), max_time_ratio: float = 0.5
+) -> list[Claim]:
+    """
+    The bar of the accuracy-cost study at each ratio: the default network (``default`` rows: the config's own
+    network) reaches at least the macro R2 of the 3d network with the same encoder widths (a baseline ``3d`` row
+    with equal ``features_3d``), while its fp32 train step (``train_step_s``) takes at most ``max_time_ratio`` of
+    the 3d one. Rows need ``default, baseline, topology, ratio, eval_ratio, features_3d, r2, train_step_s``.
+    """
+    own = [r for r in results if int(r["eval_ratio"]) == int(r["ratio"])]
+    bars = []
+    for ratio in ratios:
+        name = f"default >= 3d (same encoder) in R2 at r={ratio}, fp32 train step <= {max_time_ratio:g}x"
+        default = next((r for r in own if int(r["ratio"]) == ratio and _is_true(r.get("default"))), None)
+        rival = None if default is None else next(
+            (r for r in own if int(r["ratio"]) == ratio and r["topology"] == "3d" and _is_true(r.get("baseline", True))
+             and str(r.get("features_3d")) == str(default.get("features_3d"))), None)
+        values = None if rival is None else [float(x[k]) for x in (default, rival) for k in ("r2", "train_step_s")]
+        if values is None or any(math.isnan(v) for v in values):
+            bars.append(Claim(name, "not evaluated", "missing variants"))
+            continue
+        r2_d, t_d, r2_3d, t_3d = values
+        ok = r2_d - r2_3d >= 0 and t_d <= max_time_ratio * t_3d
+        bars.append(Claim(
+            name, "confirmed" if ok else "refuted",
+            f"R2 {r2_d:.4f} vs {r2_3d:.4f} ({r2_d - r2_3d:+.4f}); step {t_d:.3f} s vs {t_3d:.3f} s "
+            f"({t_d / t_3d:.2f}x)",
+        ))
+    return bars
+
+
+def format_cell(value: Any, digits: int = 4) -> str:
+    """A table cell: numbers rounded, missing values empty."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.{digits}f}"
+    if isinstance(value, list):
+        return "/".join(str(v) for v in value)
+    return str(value)
+
+
 def render_markdown(
     rows: list[dict[str, Any]], claims: list[Claim], settings: StudySettings, command: str, device: str,
-    quick: bool = False, elapsed_s: float | None = None,
+    quick: bool = False, elapsed_s: float | None = None, bars: list[Claim] | None = None,
 ) -> str:
-    """The study report: command and date, settings, results at the training ratio, generalisation, claims."""
+    """The study report: command and date, settings, results at the training ratio, generalisation, claims, bars."""
     title = f"# Study ({device}){' — quick mode, preliminary, not representative' if quick else ''}\n"
-    s = settings
+    shared = settings_record(settings)
     lines = [
         title,
         f"Command: `{command}`\n",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
         + (f"; {elapsed_s / 60:.1f} min for the variants run now (cached ones excluded)." if elapsed_s else ".")
-        + f" torch {torch.__version__}, {torch.get_num_threads()} threads.\n",
-        f"Settings: synthetic cells {'x'.join(map(str, s.shape))}, {s.train_per_structure} training + "
-        f"{s.val_per_structure} validation volumes per structure ({', '.join(s.structures)}); patch "
-        f"{'x'.join(map(str, s.patch))}, batch {s.batch_size}, {s.steps} Adam steps (lr {s.learning_rate}, cosine), "
-        f"seed {s.seed}, {'bf16 autocast' if s.bf16 else 'fp32'} training; fp32 Gaussian sliding-window evaluation "
-        f"(overlap {s.overlap}); metrics per image, mean per structure, macro mean over structures. Features 3D "
-        f"{list(s.features_3d)}, 2D {list(s.features_2d)}.\n",
+        + f" torch {torch.__version__}, {shared['threads'] or torch.get_num_threads()} threads.\n",
+        f"Every variant is `python -m monai.bundle run training --config_file {Path(settings.config_file).name}` "
+        "(through `monai.bundle.ConfigWorkflow`, one fresh process each) with its overrides and these shared ones: "
+        f"`{json.dumps(settings.overrides())}`. Scores are the `all` row (mean per structure, then over structures) of "
+        "the `metrics_per_structure.csv` the bundle's evaluator writes after the last epoch (Gaussian sliding "
+        "windows); other evaluation ratios use `evaluate.json` merged on it with `ratio` overridden. Cost columns: "
+        "the variant's `network_def` on one training batch (fp32 Adam step, inference per patch, GFLOP per patch); "
+        "s/step (run): the trainer's mean iteration time in the run itself.\n",
         "## Results at each model's training ratio\n",
     ]
     own = [r for r in rows if r["eval_ratio"] == r["ratio"]]
+    cols = ["variant", "topology", "r", "z-mapping", "emb", "3D widths", "2D widths", "loss", "n/structure", "MSE",
+            "MAE", "R2", "Pearson", "M params", "GFLOP", "fp32 step s", "infer s", "peak MiB", "s/step (run)"]
+    f = format_cell
     body = [[r["variant"], r["topology"], r["ratio"], "suffix" if r["z_mapping"] == "suffix" else r["prefix_mode"],
-             r["embedding"], f"{r['mse']:.4f}", f"{r['mae']:.4f}", f"{r['r2']:.4f}", f"{r['pearson']:.4f}",
-             f"{r['step_s']:.2f}"] for r in own]
-    lines.append(markdown_table(
-        ["variant", "topology", "r", "z-mapping", "embedding", "MSE", "MAE", "R2", "Pearson", "s/step"], body,
-        "lllll" + "r" * 5,
-    ))
+             r["embedding"], f(r["features_3d"]), f(r["features_2d"]) if r["topology"] != "3d" else "", r["loss"],
+             r["num_per_structure"], f(r["mse"]), f(r["mae"]), f(r["r2"]), f(r["pearson"]), f(r["params_m"], 3),
+             f(r["gflop"], 2), f(r["train_step_s"], 3), f(r["infer_s"], 4), f(r["train_peak_mib"], 0),
+             f(r["step_s"], 3)] for r in own]
+    lines.append(markdown_table(cols, body, "l" * 9 + "r" * 10))
     gen = [r for r in rows if r["eval_ratio"] != r["ratio"]]
     if gen:
         lines.append("## Ratio generalisation (model trained at r, evaluated at r')\n")
         lines.append(markdown_table(
             ["variant", "trained r", "eval r'", "MSE", "R2", "Pearson"],
-            [[r["variant"], r["ratio"], r["eval_ratio"], f"{r['mse']:.4f}", f"{r['r2']:.4f}", f"{r['pearson']:.4f}"]
-             for r in gen],
+            [[r["variant"], r["ratio"], r["eval_ratio"], f(r["mse"]), f(r["r2"]), f(r["pearson"])] for r in gen],
             "lrrrrr",
         ))
     lines.append("## Claims of the paper (macro R2)\n")
@@ -171,4 +224,8 @@ def render_markdown(
                                 "lll"))
     for c in claims:
         lines += [f"- {c.claim}: {d}" for d in c.details]
+    if bars:
+        lines.append("\n## Bars of the accuracy-cost study\n")
+        lines.append(markdown_table(["bar", "verdict", "margin"], [[c.claim, c.verdict, c.margin] for c in bars],
+                                    "lll"))
     return "\n".join(lines) + "\n"

@@ -1,337 +1,329 @@
 """
-Controlled study of SparseSSP's design choices: every variant is trained with the same data, seed, number of
-steps, optimiser and batch order, then evaluated with sliding windows on the same validation volumes.
+Controlled study of SparseSSP's design choices, run through the shipped bundle itself.
 
-Variants (:func:`default_variants`):
+Every variant is a set of config overrides of ``bundle/configs/train.json`` (``network_def#topology``,
+``network_def#features_3d``, ``ratio``, ``loss``, ``demo#num_per_structure``, ...). Each one runs in a fresh
+subprocess (:mod:`sparsessp_monai.experiments.study_worker`) through :class:`monai.bundle.ConfigWorkflow`: the
+same transforms (random Z phase, flips, 90 degree rotations), ``SupervisedTrainer``, evaluator and per-structure
+metrics as ``python -m monai.bundle run training --config_file bundle/configs/train.json``. Its scores are the
+macro averages (mean per structure, then over structures) of the ``eval/metrics_per_structure.csv`` the bundle's
+evaluator writes.
 
-- topologies ``3d`` / ``2d`` / ``3to2d`` / ``2to3d`` (prefix trilinear, 3D embedding), one model per ratio r;
-- at the ablation ratio (4): prefix ``nearest`` vs ``trilinear`` vs a ``suffix`` z-mapping, and 3D vs 2D embedding,
-  all with the ``3to2d`` topology.
+:class:`StudySettings` adds the overrides every variant shares (epochs budget, a fixed number of steps per epoch,
+seed, data size, device), so every point gets the same data, seed and number of optimiser steps. Results go into a
+resumable JSON cache keyed by the variant's overrides and a fingerprint of the settings and configs: a killed run
+continues where it stopped, and a variant listed twice under two names is trained once.
 
-Metrics (MSE, MAE, R2, Pearson r from :mod:`sparsessp_monai.metrics`) are computed per validation image, averaged
-per structure, then macro-averaged over structures. :func:`sparsessp_monai.experiments.claims.check_claims` marks
-each claim of the paper confirmed or refuted with its margin in macro R2.
-
-Data are the deterministic synthetic cells (:func:`sparsessp_monai.data.make_sample`), kept in memory. Training
-patches use the same random crops, flips and structure order for every variant (one generator seeded with the
-study seed per variant). The sparse stack always starts at the first slice of the patch or volume (offset 0), so
-prefix and suffix variants see the same acquired slices.
+The named variant sets (the paper's claims, the accuracy-cost front) are in :mod:`sparsessp_monai.experiments.sweeps`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import resource
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 __all__ = [
+    "CONFIG_DIR",
+    "METRICS",
     "StudySettings",
     "Variant",
-    "build_network",
-    "default_variants",
-    "evaluate",
-    "macro_scores",
-    "make_data",
+    "demo_folder",
+    "describe",
+    "merged_overrides",
     "replace_settings",
     "run_study",
-    "train_variant",
+    "run_variant",
+    "settings_record",
+    "variant_key",
 ]
 
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "bundle" / "configs"
+"""The bundle's configs in a source checkout."""
+
 METRICS = ("mse", "mae", "r2", "pearson")
+"""Scores of a result row; the bundle's evaluator names them ``val_<metric>``."""
 
 
-def _cpu_seconds() -> float:
-    """User + system CPU time of this process: on a shared machine, CPU time / threads estimates idle wall time."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-@dataclass(frozen=True)
+@dataclass
 class Variant:
-    """One trained model of the study."""
+    """
+    One trained model of the study: a name and the overrides of ``train.json`` that define it.
 
-    topology: str = "3to2d"
-    ratio: int = 4
-    z_mapping: str = "prefix"
-    prefix_mode: str = "trilinear"
-    embedding: str = "3d"
+    Args:
+        name: label in reports (the cache is keyed by the overrides, not the name).
+        overrides: ``{config id: value}`` as ``monai.bundle`` takes them, e.g. ``{"network_def#topology": "3d"}``.
+        group: the variant set it belongs to (``"claims"``, ``"front"``, ...), for reports.
+        eval_ratios: ratios the trained model is also evaluated at (``evaluate.json`` with ``ratio`` overridden).
+        baseline: whether only the axes of the paper's claims differ from the config (topology, ratio, z-mapping,
+            prefix mode, embedding), so :func:`~sparsessp_monai.experiments.claims.check_claims` may use it.
+    """
 
-    @property
-    def name(self) -> str:
-        """Stable identifier, e.g. ``3to2d-r4-prefix_trilinear-emb3d``."""
-        zmap = f"prefix_{self.prefix_mode}" if self.z_mapping == "prefix" else "suffix"
-        return f"{self.topology}-r{self.ratio}-{zmap}-emb{self.embedding}"
-
-
-def default_variants(ratios: Sequence[int] = (1, 2, 4, 8), ablation_ratio: int = 4) -> list[Variant]:
-    """Every topology at every ratio (prefix trilinear, 3D embedding), plus the 3to2d ablations at one ratio."""
-    out = [Variant(topology=t, ratio=int(r)) for t in ("3d", "2d", "3to2d", "2to3d") for r in ratios]
-    if ablation_ratio in ratios:
-        out += [
-            Variant(ratio=ablation_ratio, prefix_mode="nearest"),
-            Variant(ratio=ablation_ratio, z_mapping="suffix"),
-            Variant(ratio=ablation_ratio, embedding="2d"),
-        ]
-    return out
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    group: str = ""
+    eval_ratios: tuple[int, ...] = ()
+    baseline: bool = True
 
 
 @dataclass
 class StudySettings:
-    """Everything that defines the data, training budget and evaluation; the same for every variant."""
+    """
+    The overrides every variant shares; ``None`` keeps the config's value.
 
-    shape: tuple[int, int, int] = (32, 96, 96)
-    train_per_structure: int = 4
-    val_per_structure: int = 2
-    structures: tuple[str, ...] = ("dna", "membrane", "mitochondria", "microtubules", "nucleoli", "actin")
-    patch: tuple[int, int, int] = (32, 64, 64)
-    batch_size: int = 2
-    steps: int = 900
-    learning_rate: float = 2e-3
-    features_3d: tuple[int, ...] = (16, 32, 64, 128)
-    features_2d: tuple[int, ...] = (32, 64, 128, 256)
+    The budget is ``epochs`` epochs of exactly ``steps_per_epoch`` optimiser steps (``train#trainer#epoch_length``),
+    whatever the training-set size, and the model is validated once, after the last epoch.
+    """
+
+    config_file: str = str(CONFIG_DIR / "train.json")
+    eval_config_file: str = str(CONFIG_DIR / "evaluate.json")
+    epochs: int = 12
+    steps_per_epoch: int = 36  # the default run's: 36 training volumes of the demo data, batch 1
     seed: int = 0
     bf16: bool = False
-    overlap: float = 0.25
-    generalisation: str = "3to2d"  # topologies also evaluated at every other r ("all", "none" or one topology)
-    ratios: tuple[int, ...] = (1, 2, 4, 8)
-    ablation_ratio: int = 4
+    device: str = "cpu"
+    num_per_structure: int | None = None
+    demo_shape: tuple[int, int, int] | None = None
+    structures: tuple[str, ...] | None = None
+    patch: tuple[int, int, int] | None = None
+    val_roi: tuple[int, int, int] | None = None
+    samples_per_volume: int | None = None
+    batch_size: int | None = None
+    features_3d: tuple[int, ...] | None = None
+    features_2d: tuple[int, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # any other override (``--override ID=JSON``)
+    cost_warmup: int = 2  # untimed and timed repeats of the cost measurement (not part of the fingerprint)
+    cost_repeats: int = 5
+    threads: int | None = None
 
     @classmethod
     def quick(cls) -> StudySettings:
-        """Tiny settings for tests: seconds per variant."""
+        """Tiny settings for tests: two structures, one training volume each, 1 epoch of 2 steps."""
         return cls(
-            shape=(8, 32, 32), train_per_structure=1, val_per_structure=1, structures=("dna", "membrane"),
-            patch=(8, 32, 32), steps=2, features_3d=(4, 8), features_2d=(8, 16), ratios=(1, 4),
+            epochs=1, steps_per_epoch=2, num_per_structure=2, demo_shape=(16, 32, 32), structures=("dna", "membrane"),
+            patch=(8, 32, 32), val_roi=(8, 32, 32), samples_per_volume=1, batch_size=1, features_3d=(4, 8),
+            features_2d=(8, 16), cost_warmup=0, cost_repeats=1,
         )
 
-    @classmethod
-    def full(cls) -> StudySettings:
-        """GPU-sized settings: the paper's 32x128x128 patches, more data and steps."""
-        return cls(
-            shape=(48, 192, 192), train_per_structure=16, val_per_structure=4, patch=(32, 128, 128),
-            batch_size=4, steps=3000, generalisation="all",
-        )
+    def overrides(self) -> dict[str, Any]:
+        """The config overrides of these settings (before the variant's own, which take precedence)."""
+        out: dict[str, Any] = {
+            "train#trainer#max_epochs": self.epochs,
+            "train#trainer#epoch_length": self.steps_per_epoch,
+            "val_interval": self.epochs,  # validate once, at the end: model.pt is then the final model
+            "ckpt_interval": self.epochs,
+            "seed": self.seed,
+            "bf16": self.bf16,
+            "device": f"$torch.device('{'cuda:0' if self.device == 'cuda' else 'cpu'}')",
+            "use_tensorboard": False,
+            "use_progress_bar": False,
+        }
+        optional = {
+            "demo#num_per_structure": self.num_per_structure, "demo#shape": self.demo_shape,
+            "structures": self.structures, "patch_size": self.patch, "val_roi_size": self.val_roi,
+            "samples_per_volume": self.samples_per_volume, "batch_size": self.batch_size,
+            "network_def#features_3d": self.features_3d, "network_def#features_2d": self.features_2d,
+        }
+        out.update({k: list(v) if isinstance(v, tuple) else v for k, v in optional.items() if v is not None})
+        out.update(self.extra)
+        return out
 
     def fingerprint(self) -> str:
-        """Hash of the settings that change results (not ``generalisation``), to invalidate a stale cache."""
-        d = asdict(self)
-        d.pop("generalisation")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of what changes results: the shared overrides and the text of both configs."""
+        text = [Path(f).read_text(encoding="utf-8") for f in (self.config_file, self.eval_config_file)]
+        blob = json.dumps({"overrides": self.overrides(), "configs": text}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def validate(self) -> None:
         """Raise ``ValueError`` for settings that cannot run."""
-        if any(p > s for p, s in zip(self.patch, self.shape)):
-            raise ValueError(f"patch {self.patch} is larger than the volume shape {self.shape}.")
-        for r in self.ratios:
-            if r < 1 or self.patch[0] % r:
-                raise ValueError(f"ratio {r} must be >= 1 and divide the patch depth {self.patch[0]}.")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be positive.")
-        multiple = 2 ** (len(self.features_3d) - 1)
-        if self.patch[1] % multiple or self.patch[2] % multiple:
-            raise ValueError(f"patch height and width must be divisible by {multiple}.")
-
-
-Sample = dict[str, Any]
-
-
-def make_data(settings: StudySettings) -> tuple[list[Sample], list[Sample]]:
-    """Training and validation volumes ``{"image", "label": (1, Z, Y, X) tensors, "task", "structure"}``."""
-    from sparsessp_monai.data import STRUCTURES, make_sample
-
-    train, val = [], []
-    for name in settings.structures:
-        task = list(settings.structures).index(name)
-        for k in range(settings.train_per_structure + settings.val_per_structure):
-            seed = int(np.random.SeedSequence([settings.seed, STRUCTURES.index(name), k]).generate_state(1)[0])
-            image, label = make_sample(name, seed, tuple(settings.shape))
-            item = {"image": torch.from_numpy(image)[None], "label": torch.from_numpy(label)[None],
-                    "task": task, "structure": name}
-            (train if k < settings.train_per_structure else val).append(item)
-    return train, val
-
-
-def _network_input(image: torch.Tensor, variant: Variant, ratio: int) -> torch.Tensor:
-    """The network input for a full-grid ``(C, Z, Y, X)`` image acquired at ``ratio``: sparse or prefix-resampled."""
-    from monai.data import MetaTensor
-
-    from sparsessp_monai.transforms import PrefixResampleZ, SubsampleZ
-
-    sparse = SubsampleZ(ratio=ratio)(MetaTensor(image))
-    if variant.z_mapping == "suffix":
-        return sparse.as_tensor()
-    return PrefixResampleZ(mode=variant.prefix_mode)(sparse).as_tensor()
-
-
-def build_network(variant: Variant, settings: StudySettings) -> torch.nn.Module:
-    """The variant's :class:`~sparsessp_monai.networks.SparseSSPNet`, initialised from the study seed."""
-    from sparsessp_monai.networks import SparseSSPNet
-
-    torch.manual_seed(settings.seed)
-    return SparseSSPNet(
-        depth=settings.patch[0], topology=variant.topology, z_mapping=variant.z_mapping, ratio=variant.ratio,
-        embedding=variant.embedding, features_3d=settings.features_3d, features_2d=settings.features_2d,
-        num_tasks=len(settings.structures),
-    )
-
-
-def train_variant(
-    variant: Variant, settings: StudySettings, train: list[Sample], device: torch.device
-) -> tuple[torch.nn.Module, dict[str, float]]:
-    """Train one variant; every variant draws the same patches in the same order. Returns the net and timings."""
-    net = build_network(variant, settings).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, settings.steps, eta_min=settings.learning_rate * 0.05)
-    rng = np.random.default_rng(settings.seed)  # same batch sequence for every variant
-    pd, ph, pw = settings.patch
-    losses = []
-    net.train()
-    t0, c0 = time.perf_counter(), _cpu_seconds()
-    for _ in range(settings.steps):
-        xs, ys, tasks = [], [], []
-        for _ in range(settings.batch_size):
-            item = train[int(rng.integers(len(train)))]
-            z, y, x = (int(rng.integers(s - p + 1)) for s, p in zip(item["image"].shape[1:], settings.patch))
-            flips = [d for d, flip in zip((2, 3), rng.random(2) < 0.5) if flip]
-            img = item["image"][:, z : z + pd, y : y + ph, x : x + pw]
-            lab = item["label"][:, z : z + pd, y : y + ph, x : x + pw]
-            if flips:
-                img, lab = img.flip(flips), lab.flip(flips)
-            xs.append(_network_input(img, variant, variant.ratio))
-            ys.append(lab)
-            tasks.append(item["task"])
-        x_b, y_b = torch.stack(xs).to(device), torch.stack(ys).to(device)
-        t_b = torch.tensor(tasks, device=device)
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16):
-            loss = torch.nn.functional.mse_loss(net(x_b, t_b).float(), y_b)
-        if not torch.isfinite(loss):
-            raise ValueError(f"{variant.name}: non-finite training loss at step {len(losses)}.")
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-    seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
-    tail = losses[-max(1, len(losses) // 10) :]
-    return net, {
-        "train_s": seconds,
-        "step_s": seconds / settings.steps,
-        "train_cpu_s": cpu,
-        "final_loss": sum(tail) / len(tail),
-    }
-
-
-def evaluate(
-    net: torch.nn.Module, variant: Variant, ratio: int, settings: StudySettings, val: list[Sample],
-    device: torch.device,
-) -> list[dict[str, Any]]:
-    """fp32 Gaussian sliding-window prediction of every validation volume acquired at ``ratio``; per-image scores."""
-    from monai.inferers import SlidingWindowInferer
-
-    from sparsessp_monai.metrics import regression_scores
-
-    pd, ph, pw = settings.patch
-    roi = [pd // ratio if variant.z_mapping == "suffix" else pd, ph, pw]
-    # suffix: windows over the sparse stack, the network's output is `ratio` times deeper (MONAI scales it)
-    inferer = SlidingWindowInferer(roi_size=roi, sw_batch_size=2, overlap=settings.overlap, mode="gaussian")
-    net.eval()
-    rows = []
-    with torch.inference_mode():
-        for item in val:
-            x = _network_input(item["image"], variant, ratio)[None].to(device)
-            task = torch.tensor([item["task"]], device=device)
-            pred = inferer(x, net, task).float().cpu()
-            scores = regression_scores(pred, item["label"][None])
-            rows.append({"structure": item["structure"], **{k: float(v[0]) for k, v in scores.items()}})
-    return rows
-
-
-def macro_scores(per_image: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean per structure, then mean over structures (NaN values skipped), for every metric."""
-    by: dict[str, list[dict[str, Any]]] = {}
-    for row in per_image:
-        by.setdefault(row["structure"], []).append(row)
-    out = {}
-    for m in METRICS:
-        per_structure = [
-            np.nanmean([r[m] for r in rows]) for rows in by.values() if any(np.isfinite(r[m]) for r in rows)
-        ]
-        out[m] = float(np.mean(per_structure)) if per_structure else float("nan")
-    return out
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# driver
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def _eval_ratios(variant: Variant, settings: StudySettings) -> list[int]:
-    """The variant's own ratio first, then the others if it is in the generalisation set (prefix only)."""
-    ratios = [variant.ratio]
-    wanted = settings.generalisation
-    if variant.z_mapping == "prefix" and (wanted == "all" or wanted == variant.topology):
-        is_main = variant.prefix_mode == "trilinear" and variant.embedding == "3d"
-        if is_main:
-            ratios += [r for r in settings.ratios if r != variant.ratio]
-    return ratios
-
-
-def run_study(
-    settings: StudySettings,
-    variants: Sequence[Variant],
-    device: torch.device,
-    cache: dict[str, Any],
-    save_cache: Callable[[dict[str, Any]], None],
-    log: Callable[[str], None] = print,
-) -> list[dict[str, Any]]:
-    """
-    Train and evaluate every variant not already in ``cache`` (a dict persisted by ``save_cache`` after each
-    variant, so a killed run resumes). Returns one row per (variant, evaluation ratio) with macro scores.
-    """
-    settings.validate()
-    if cache.get("fingerprint") != settings.fingerprint():
-        cache.clear()
-        cache.update({"fingerprint": settings.fingerprint(), "settings": asdict(settings), "variants": {}})
-    data = None
-    for i, variant in enumerate(variants, 1):
-        entry = cache["variants"].get(variant.name)
-        wanted = _eval_ratios(variant, settings)
-        if entry is not None and all(str(r) in entry["eval"] for r in wanted):
-            log(f"[{i}/{len(variants)}] {variant.name}: cached")
-            continue
-        if data is None:
-            t0 = time.perf_counter()
-            data = make_data(settings)
-            seconds = time.perf_counter() - t0
-            log(f"data: {len(data[0])} training and {len(data[1])} validation volumes ({seconds:.1f} s)")
-        net, timing = train_variant(variant, settings, data[0], device)
-        t0, c0 = time.perf_counter(), _cpu_seconds()
-        evals = {str(r): evaluate(net, variant, r, settings, data[1], device) for r in wanted}
-        timing["eval_s"], timing["eval_cpu_s"] = time.perf_counter() - t0, _cpu_seconds() - c0
-        cache["variants"][variant.name] = {"variant": asdict(variant), "timing": timing, "eval": evals}
-        save_cache(cache)
-        r2 = macro_scores(evals[str(variant.ratio)])["r2"]
-        log(f"[{i}/{len(variants)}] {variant.name}: R2 {r2:.4f}, train {timing['train_s']:.0f} s "
-            f"({timing['step_s']:.2f} s/step, CPU {timing['train_cpu_s']:.0f} s), eval {timing['eval_s']:.0f} s "
-            f"(CPU {timing['eval_cpu_s']:.0f} s)")
-    rows = []
-    for variant in variants:
-        entry = cache["variants"][variant.name]
-        for r, per_image in entry["eval"].items():
-            rows.append({
-                "variant": variant.name, **asdict(variant), "eval_ratio": int(r), **macro_scores(per_image),
-                "images": len(per_image), **{k: round(v, 4) for k, v in entry["timing"].items()},
-            })
-    return rows
+        for f in (self.config_file, self.eval_config_file):
+            if not Path(f).is_file():
+                raise ValueError(f"config file not found: {f}")
+        if self.epochs < 1 or self.steps_per_epoch < 1:
+            raise ValueError("epochs and steps_per_epoch must be positive.")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}.")
 
 
 def replace_settings(settings: StudySettings, **changes: Any) -> StudySettings:
     """A copy of ``settings`` with the given fields changed (``None`` values are ignored)."""
     return replace(settings, **{k: v for k, v in changes.items() if v is not None})
+
+
+def merged_overrides(settings: StudySettings, variant: Variant) -> dict[str, Any]:
+    """The overrides a variant runs with: the settings', then the variant's own."""
+    return {**settings.overrides(), **variant.overrides}
+
+
+def variant_key(settings: StudySettings, variant: Variant) -> str:
+    """Cache key of a variant: its overrides and the settings' fingerprint (not its name)."""
+    blob = json.dumps({"fingerprint": settings.fingerprint(), "overrides": variant.overrides}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def describe(config_file: str | os.PathLike, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    The study axes of a config with ``overrides``: topology, ratio, z-mapping, prefix mode, embedding, widths,
+    loss, data size, patch, epochs and steps per epoch, as plain values for result rows.
+    """
+    from sparsessp_monai.experiments.benchmarking import load_config
+
+    parser = load_config(config_file, dict(overrides))
+    trainer = parser["train#trainer"]
+    return {
+        "topology": parser["network_def#topology"],
+        "ratio": int(parser.get_parsed_content("ratio")),
+        "z_mapping": parser["network_def#z_mapping"],
+        "prefix_mode": parser.get_parsed_content("prefix_mode"),
+        "embedding": parser["network_def#embedding"],
+        "features_3d": list(parser.get_parsed_content("network_def#features_3d")),
+        "features_2d": list(parser.get_parsed_content("network_def#features_2d")),
+        "loss": str(parser["loss"]).lstrip("$").replace("torch.nn.", ""),
+        "num_per_structure": int(parser.get_parsed_content("demo#num_per_structure")),
+        "patch": list(parser.get_parsed_content("patch_size")),
+        "epochs": int(trainer["max_epochs"]),
+        "epoch_length": trainer.get("epoch_length"),
+    }
+
+
+def demo_folder(work: Path, overrides: Mapping[str, Any], config_file: str | os.PathLike) -> Path:
+    """A demo-data folder shared by every variant with the same generator arguments (generated once)."""
+    from sparsessp_monai.experiments.benchmarking import load_config
+
+    parser = load_config(config_file, dict(overrides))
+    args = {k: parser.get_parsed_content(k) for k in ("demo#num_per_structure", "demo#shape", "demo#seed")}
+    args["structures"] = list(parser.get_parsed_content("structures"))
+    digest = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:10]
+    return work / "data" / f"demo-n{args['demo#num_per_structure']}-{digest}"
+
+
+def _worker_env(threads: int | None) -> dict[str, str]:
+    """The environment of a variant's subprocess: this checkout first on the path, the requested threads."""
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def run_variant(settings: StudySettings, variant: Variant, bundle_root: Path, eval_ratios: Sequence[int],
+                train: bool = True) -> dict[str, Any]:
+    """
+    Train (``train=True``) and evaluate one variant in a fresh subprocess into ``bundle_root``; returns the worker's
+    result (see :func:`sparsessp_monai.experiments.study_worker.run_variant`). Its log is
+    ``bundle_root/study_worker.log``.
+
+    Raises:
+        RuntimeError: the subprocess failed; the message ends with the log's tail.
+    """
+    from sparsessp_monai.io.publish import atomic_write_text
+
+    bundle_root.mkdir(parents=True, exist_ok=True)
+    overrides = merged_overrides(settings, variant)
+    overrides["demo_dir"] = str(demo_folder(bundle_root.parent, overrides, settings.config_file))
+    spec = {
+        "config_file": settings.config_file, "eval_config_file": settings.eval_config_file,
+        "bundle_root": str(bundle_root), "overrides": overrides, "train": train,
+        "eval_ratios": [int(r) for r in eval_ratios], "device": settings.device, "threads": settings.threads,
+        "cost_warmup": settings.cost_warmup, "cost_repeats": settings.cost_repeats,
+    }
+    spec_path = atomic_write_text(bundle_root / "study_spec.json", json.dumps(spec, indent=1, default=str))
+    result_path = bundle_root / "study_result.json"
+    result_path.unlink(missing_ok=True)
+    log_path = bundle_root / "study_worker.log"
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.run(
+            [sys.executable, "-m", "sparsessp_monai.experiments.study_worker", str(spec_path), str(result_path)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=bundle_root, env=_worker_env(settings.threads), check=False,
+        )
+    if proc.returncode or not result_path.is_file():
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise RuntimeError(f"{variant.name}: bundle run failed ({proc.returncode}), log {log_path}:\n{tail}")
+    return json.loads(result_path.read_text(encoding="utf-8"))
+
+
+def _rows(variant: Variant, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One result row per evaluation ratio of a cached entry, the own ratio first."""
+    # the default: the config's own network, at any ratio
+    base = {"variant": variant.name, "group": variant.group, "baseline": variant.baseline,
+            "default": set(variant.overrides) <= {"ratio"}, **entry["axes"]}
+    cost, timing = dict(entry["cost"]), dict(entry["timing"])
+    rows = []
+    own = str(entry["axes"]["ratio"])
+    for r in sorted(entry["eval"], key=lambda r: (r != own, int(r))):
+        scores = entry["eval"][r]
+        rows.append({**base, "eval_ratio": int(r), **{m: scores[m] for m in METRICS}, "images": scores["images"],
+                     **cost, **timing, "bundle_root": entry["bundle_root"]})
+    return rows
+
+
+def run_study(
+    settings: StudySettings,
+    variants: Sequence[Variant],
+    work: str | os.PathLike,
+    cache: dict[str, Any],
+    save_cache: Callable[[dict[str, Any]], None],
+    log: Callable[[str], None] = print,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """
+    Run every variant not already in ``cache`` through the bundle, one subprocess each, with bundle roots under
+    ``work``; ``save_cache`` persists the cache after each variant, so a killed run resumes.
+
+    A cached variant that lacks an evaluation ratio is evaluated again from its saved model (no training), as
+    long as its bundle root still holds it. A variant that fails is logged and skipped; the sweep goes on.
+
+    Returns:
+        The result rows (one per variant and evaluation ratio: the study axes of :func:`describe`, macro
+        ``mse, mae, r2, pearson``, cost and timing columns) and the names of the variants that failed.
+    """
+    settings.validate()
+    fingerprint = settings.fingerprint()
+    if cache.get("version") != 2:
+        cache.clear()
+        cache.update({"version": 2, "variants": {}})
+    work = Path(work)
+    rows, failed = [], []
+    for i, variant in enumerate(variants, 1):
+        key = variant_key(settings, variant)
+        entry = cache["variants"].get(key)
+        own = describe(settings.config_file, merged_overrides(settings, variant))["ratio"]
+        wanted = [own, *(r for r in variant.eval_ratios if r != own)]
+        missing = [r for r in wanted if entry is None or str(r) not in entry["eval"]]
+        tag = f"[{i}/{len(variants)}] {variant.name}"
+        if not missing:
+            log(f"{tag}: cached")
+            rows += _rows(variant, entry)
+            continue
+        bundle_root = work / f"{variant.name}-{key[:8]}"
+        retrain = entry is None or not (bundle_root / "models" / "model.pt").is_file()
+        try:
+            result = run_variant(settings, variant, bundle_root, wanted if retrain else missing, train=retrain)
+        except RuntimeError as exc:
+            log(f"{tag}: FAILED\n{exc}")
+            failed.append(variant.name)
+            continue
+        if retrain:
+            entry = {"name": variant.name, "fingerprint": fingerprint, "overrides": variant.overrides,
+                     "axes": describe(settings.config_file, merged_overrides(settings, variant)),
+                     "bundle_root": str(bundle_root), "cost": result["cost"], "timing": result["timing"],
+                     "eval": {}}
+        entry["eval"].update(result["eval"])
+        cache["variants"][key] = entry
+        save_cache(cache)
+        t, c = entry["timing"], entry["cost"]
+        log(f"{tag}: R2 {entry['eval'][str(own)]['r2']:.4f}, {t['iterations']} steps in {t['train_s']:.1f} s "
+            f"({t['step_s']:.3f} s/step, bundle CPU {t['bundle_cpu_s']:.1f} s); fp32 train step "
+            f"{c['train_step_s']:.3f} s, {c['gflop']:.2f} GFLOP/patch, {c['params_m']:.3f} M parameters")
+        rows += _rows(variant, entry)
+    return rows, failed
+
+
+def settings_record(settings: StudySettings) -> dict[str, Any]:
+    """The settings as plain JSON values (for reports)."""
+    return json.loads(json.dumps(asdict(settings), default=str))
