@@ -233,8 +233,7 @@ def extended(
     (root / "models").mkdir()
     shutil.copy(uninterrupted / "models" / "model.pt", root / "models" / "model.pt")
     ckpt = torch.load(uninterrupted / "models" / "checkpoint_epoch=3.pt", weights_only=True)
-    assert ckpt["best_metric"]["best_metric_epoch"] in (1, 2, 3)
-    ckpt["best_metric"] = {"best_metric": 0.99, "best_metric_epoch": 1}
+    ckpt["best_metric"] = {"best_metric": 0.99, "best_metric_epoch": 1}  # R2 0.99: no tiny run gets near
     torch.save(ckpt, root / "models" / "checkpoint_epoch=3.pt")
 
     lrs: list[float] = []
