@@ -22,6 +22,7 @@ from monai.bundle import ConfigWorkflow
 
 from sparsessp_monai.engines.bundle_utils import latest_checkpoint
 from sparsessp_monai.handlers import BestModelSaver, ResumableCheckpoint
+from sparsessp_monai.handlers.checkpoint import remove_stale_temporaries
 
 # a tiny training (2 structures, 2 training volumes each: 2 iterations per epoch, a tiny network), seconds per epoch
 TINY = {
@@ -42,7 +43,7 @@ class Interrupt(RuntimeError):
     """Raised by a test handler to interrupt a training run."""
 
 
-def _toy_trainer(data: list | None = None) -> tuple[Engine, torch.nn.Module, torch.optim.Optimizer]:
+def _toy_trainer() -> tuple[Engine, torch.nn.Module, torch.optim.Optimizer]:
     net = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
 
@@ -54,7 +55,7 @@ def _toy_trainer(data: list | None = None) -> tuple[Engine, torch.nn.Module, tor
         return loss.item()
 
     engine = Engine(step)
-    engine.data_loader = data if data is not None else [torch.randn(4, 2) for _ in range(3)]
+    engine.data_loader = [torch.randn(4, 2) for _ in range(3)]
     return engine, net, opt
 
 
@@ -141,6 +142,19 @@ def test_resume_skips_unreadable_newest_checkpoints_with_a_warning(tmp_path: Pat
         assert latest_checkpoint(tmp_path) is None
         _run_toy(tmp_path, epochs=1, resume=True)
     assert "no readable checkpoint" in caplog.text and "training from scratch" in caplog.text
+
+
+def test_temporaries_of_killed_writes_are_removed_at_the_next_start(tmp_path: Path) -> None:
+    dead = tmp_path / ".checkpoint_epoch=2.pt.tmp-999999999-0123abcd"  # above any Linux pid: its writer is gone
+    alive = tmp_path / f".model.pt.tmp-{os.getpid()}-0123abcd"  # a write in progress
+    other = tmp_path / ".notes.txt.tmp-999999999-0123abcd"
+    for path in (dead, alive, other):
+        path.write_bytes(b"PK")
+    assert remove_stale_temporaries(tmp_path) == [dead]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name])
+    dead.write_bytes(b"PK")
+    _run_toy(tmp_path, epochs=1)  # a training start cleans too (the live writer's file stays)
+    assert not dead.exists() and alive.exists()
 
 
 def test_a_failed_run_keeps_the_previous_final_checkpoint(tmp_path: Path) -> None:
