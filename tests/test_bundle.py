@@ -82,16 +82,20 @@ def test_resume_continues_from_the_last_interval_checkpoint(trained: Path, tmp_p
     (root / "models").mkdir(parents=True)
     os.link(trained / "models" / "checkpoint_epoch=2.pt", root / "models" / "checkpoint_epoch=2.pt")
     os.symlink(trained / "data", root / "data")
+    # the 0-byte remains of a killed write, newer than the good checkpoint: skipped with a warning naming it
+    (root / "models" / "checkpoint_epoch=5.pt").write_bytes(b"")
     proc = run_bundle(
         "training", "--config_file", TRAIN, "--bundle_root", str(root), "--resume", "true",
         "--train#trainer#max_epochs", "3", *SMALL,
     )  # fmt: skip
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:]
-    assert "resuming training from" in out
+    assert f"skipping unreadable checkpoint {root / 'models' / 'checkpoint_epoch=5.pt'} (0 bytes)" in out
+    assert f"resuming training from {root / 'models' / 'checkpoint_epoch=2.pt'}" in out
     assert "Epoch: 1/3" not in out and "Epoch: 3/3" in out
     assert (root / "models" / "checkpoint_epoch=3.pt").is_file()
     assert not (root / "models" / "checkpoint_epoch=2.pt").exists(), "only the newest interval checkpoint is kept"
+    assert not (root / "models" / "checkpoint_epoch=5.pt").exists()
 
     # "--resume false" typed on the command line arrives as a string and must mean no
     proc = run_bundle(

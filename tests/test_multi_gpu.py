@@ -26,8 +26,14 @@ ONE_EPOCH = {"train#trainer#max_epochs": 1, "val_interval": 1, "patch_size": [32
 OVERRIDES = {**ONE_EPOCH, "demo#num_per_structure": 2, "demo#shape": [32, 64, 64], "val_roi_size": [32, 64, 64]}
 
 # handlers that only log or write files: rank 0 only; every other handler runs on all ranks (the metric reports
-# gather across ranks, the resumable checkpoint must be loaded by every rank and ignite writes it on rank 0 only)
-RANK0_ONLY = {"StatsHandler", "TensorBoardStatsHandler", "ignite.contrib.handlers.ProgressBar", "CheckpointSaver"}
+# gather across ranks, the resumable checkpoint must be loaded by every rank, gathers the random states of every
+# rank and is written on rank 0 only)
+RANK0_ONLY = {
+    "StatsHandler",
+    "TensorBoardStatsHandler",
+    "ignite.contrib.handlers.ProgressBar",
+    "sparsessp_monai.handlers.BestModelSaver",
+}
 RANK_GATE = "dist.get_rank() > 0"
 
 needs_gloo = pytest.mark.skipif(
@@ -108,7 +114,8 @@ def test_only_logging_and_saving_handlers_are_limited_to_rank_0() -> None:
 
 @needs_gloo
 def test_torchrun_two_ranks_on_cpu_trains_validates_resumes_and_saves_a_plain_model(tmp_path: Path) -> None:
-    result = _torchrun(tmp_path)
+    # the first run stops after epoch 1 of a 2-epoch schedule, so that its resume to 2 epochs is an exact resume
+    result = _torchrun(tmp_path, **{"lr_scheduler#T_max": 2})
     assert result.returncode == 0, result.stdout[-6000:]
 
     models = tmp_path / "models"
@@ -138,9 +145,21 @@ def test_torchrun_two_ranks_on_cpu_trains_validates_resumes_and_saves_a_plain_mo
     result = _torchrun(tmp_path, **{"train#trainer#max_epochs": 2, "resume": True})
     assert result.returncode == 0, result.stdout[-6000:]
     assert (models / "checkpoint_epoch=2.pt").is_file()
-    final = torch.load(models / "checkpoint_final.pt", map_location="cpu", weights_only=False)
+    final = torch.load(models / "checkpoint_final.pt", map_location="cpu", weights_only=True)
     assert final["trainer"]["max_epochs"] == 2
     assert final["trainer"]["iteration"] == 2 * final["trainer"]["epoch_length"]
+    # each rank's own random states (seeded seed + rank) are saved and restored
+    ranks = final["random_states"]["ranks"]
+    assert len(ranks) == NPROC and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])
+
+    # and the resumed run ends with the weights of an uninterrupted 2-epoch run, bit for bit
+    reference = tmp_path / "uninterrupted"
+    (reference / "data").parent.mkdir()
+    (reference / "data").symlink_to(tmp_path / "data")
+    result = _torchrun(reference, **{"train#trainer#max_epochs": 2})
+    assert result.returncode == 0, result.stdout[-6000:]
+    expected = torch.load(reference / "models" / "checkpoint_final.pt", map_location="cpu", weights_only=True)
+    assert all(torch.equal(expected["model"][k], final["model"][k]) for k in expected["model"])
 
 
 # the CT overlay merged between train.json and the multi-GPU config: CT gets multi-GPU training for free

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import ast
+import logging
 import re
 import sys
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 __all__ = ["as_bool", "default_bundle_root", "fast_bf16", "latest_checkpoint"]
+
+_logger = logging.getLogger(__name__)
 
 # this file is sparsessp_monai/engines/bundle_utils.py; the bundle sits beside the package in a source checkout
 _SOURCE_BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
@@ -50,18 +54,39 @@ def default_bundle_root(argv: Sequence[str] | None = None) -> str:
     return str(Path.cwd())
 
 
+def _unreadable_reason(path: Path) -> str | None:
+    # torch.save writes a zip archive whose directory sits at its end: an empty or truncated file, or another
+    # format, is not a zip file. A memory-mapped load then parses the whole archive without reading the tensors.
+    if path.stat().st_size == 0:
+        return "0 bytes"
+    if not zipfile.is_zipfile(path):
+        return "truncated or not a torch file"
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # any failure to load means: not usable for a resume
+        return f"{type(err).__name__}: {err}".splitlines()[0]
+    return None
+
+
 def latest_checkpoint(ckpt_dir: str | Path) -> str | None:
-    """The most recently written resumable checkpoint ``checkpoint_epoch=N.pt`` in ``ckpt_dir``, or ``None``.
+    """The most recently written readable resumable checkpoint ``checkpoint_epoch=N.pt`` in ``ckpt_dir``, or ``None``.
 
     Recency (then N) decides, so a fresh run into a folder left by an older, longer run resumes and keeps its own
-    newest checkpoint rather than the older run's higher epoch number.
+    newest checkpoint rather than the older run's higher epoch number. A checkpoint that does not load (0 bytes,
+    truncated, not a torch file, e.g. the remains of a killed write by an older version) is skipped with a warning
+    naming it, and the next newest is tried.
     """
     found = []
     for path in Path(ckpt_dir).glob("*checkpoint_epoch=*.pt"):
         match = re.search(r"epoch=(\d+)\.pt$", path.name)
         if match:
-            found.append((path.stat().st_mtime_ns, int(match.group(1)), str(path)))
-    return max(found)[2] if found else None
+            found.append((path.stat().st_mtime_ns, int(match.group(1)), path))
+    for _, _, path in sorted(found, reverse=True):
+        reason = _unreadable_reason(path)
+        if reason is None:
+            return str(path)
+        _logger.warning(f"skipping unreadable checkpoint {path} ({reason})")
+    return None
 
 
 def as_bool(value: object) -> bool:
