@@ -10,13 +10,12 @@ import logging
 import math
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, run_command
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 
@@ -278,15 +277,10 @@ def test_extending_max_epochs_continues_the_cosine_schedule(extended) -> None:
 
 
 def test_check_kill_resume_script_two_trials(tmp_path: Path) -> None:
-    proc = subprocess.run(
+    proc = run_command(
         [sys.executable, "scripts/check_kill_resume.py", "--trials", "2", "--epochs", "2", "--work_dir", str(tmp_path)],
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
         timeout=600,
-        check=False,
+        env={"PYTHONPATH": str(REPO)},
     )
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert "trials: 2" in proc.stdout and "mismatches: 0" in proc.stdout and "failures: 0" in proc.stdout
