@@ -35,21 +35,21 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "bundle" / "configs" / "train.json")
 
 # a tiny training (2 structures x 2 training volumes: 2 iterations an epoch, a tiny network), same code paths
-TINY = [
-    "--structures", "['nucleoli','dna']",
-    "--demo#num_per_structure", "4",
-    "--demo#shape", "[32,64,64]",
-    "--patch_size", "[32,32,32]",
-    "--val_roi_size", "[32,64,64]",
-    "--samples_per_volume", "2",
-    "--batch_size", "2",
-    "--val_interval", "1",
-    "--ckpt_interval", "1",
-    "--network_def#features_3d", "[4,8,8,16]",
-    "--network_def#features_2d", "[8,16,16,32]",
-    "--use_progress_bar", "False",
-    "--use_tensorboard", "False",
-]  # fmt: skip
+TINY = {
+    "structures": "['nucleoli','dna']",
+    "demo#num_per_structure": "4",
+    "demo#shape": "[32,64,64]",
+    "patch_size": "[32,32,32]",
+    "val_roi_size": "[32,64,64]",
+    "samples_per_volume": "2",
+    "batch_size": "2",
+    "val_interval": "1",
+    "ckpt_interval": "1",
+    "network_def#features_3d": "[4,8,8,16]",
+    "network_def#features_2d": "[8,16,16,32]",
+    "use_progress_bar": "False",
+    "use_tensorboard": "False",
+}
 POLL_S = 0.001
 
 
@@ -57,7 +57,8 @@ def command(root: Path, epochs: int, resume: bool, run_id: str = "training") -> 
     """The user's training command into bundle root ``root`` (``run_id`` ``prepare_data``: only make the data)."""
     return [
         sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", TRAIN, "--bundle_root", str(root),
-        "--train#trainer#max_epochs", str(epochs), "--resume", str(resume).lower(), *TINY,
+        "--train#trainer#max_epochs", str(epochs), "--resume", str(resume).lower(),
+        *(arg for key, value in TINY.items() for arg in (f"--{key}", value)),
     ]  # fmt: skip
 
 

@@ -16,6 +16,17 @@ CONFIGS = REPO / "bundle" / "configs"
 
 BundleRunner = Callable[..., subprocess.CompletedProcess]
 
+# command-line overrides for a small and fast run of train.json, same code paths as the default run
+SMALL_RUN = [
+    "--demo#num_per_structure", "2",
+    "--demo#shape", "[32,64,64]",
+    "--patch_size", "[32,32,32]",
+    "--val_roi_size", "[32,64,64]",
+    "--samples_per_volume", "2",
+    "--batch_size", "2",
+    "--val_interval", "1",
+]  # fmt: skip
+
 
 def run_command(
     cmd: list[str], cwd: Path = REPO, timeout: int = 400, env: dict[str, str] | None = None

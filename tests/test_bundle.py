@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, REPO, train_into
+from conftest import CONFIGS, REPO, SMALL_RUN, train_into
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
 import sparsessp_monai
@@ -27,16 +27,7 @@ from sparsessp_monai.io import read_ome_tiff, write_ome_tiff
 TRAIN = "bundle/configs/train.json"
 SCHEMA = Path(sparsessp_monai.__file__).parent / "schemas" / "meta_schema_20240725.json"
 
-# small and fast, same code paths as the default run
-SMALL = [
-    "--demo#num_per_structure", "2",
-    "--demo#shape", "[32,64,64]",
-    "--patch_size", "[32,32,32]",
-    "--val_roi_size", "[32,64,64]",
-    "--samples_per_volume", "2",
-    "--batch_size", "2",
-    "--val_interval", "1",
-]  # fmt: skip
+SMALL = SMALL_RUN
 
 
 @pytest.fixture(scope="module")

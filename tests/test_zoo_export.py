@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, SMALL_RUN
 from monai.bundle import ConfigParser
 
 import sparsessp_monai
@@ -26,16 +26,7 @@ from sparsessp_monai.engines.zoo_export import ZOO_BUNDLE_NAME, file_sha256, rea
 SCHEMA = Path(sparsessp_monai.__file__).parent / "schemas" / "meta_schema_20240725.json"
 # checked on PyPI (`pip index versions NAME`, 2026-12-01): each name exists there at the version installed here
 PUBLIC_PACKAGES = {"pytorch-ignite", "tifffile", "nibabel", "Pillow", "tqdm", "fire", "tensorboard"}
-TINY = [
-    "--train#trainer#max_epochs", "1",
-    "--demo#num_per_structure", "2",
-    "--demo#shape", "[32,64,64]",
-    "--patch_size", "[32,32,32]",
-    "--val_roi_size", "[32,64,64]",
-    "--samples_per_volume", "2",
-    "--batch_size", "2",
-    "--val_interval", "1",
-]  # fmt: skip
+TINY = ["--train#trainer#max_epochs", "1", *SMALL_RUN]
 # a tqdm bar as Ignite's ProgressBar and MONAI's SlidingWindowInferer draw it: " 50%|█████     | 3/6 [...]"
 PROGRESS_BAR = re.compile(r"\d+%\|[^|\n\r]*\| ?\d+/\d+")
 
