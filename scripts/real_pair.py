@@ -223,8 +223,6 @@ def common_overrides(bundle_root: Path, ratio: int, patch: Sequence[int], roi: S
         "ratio": int(ratio),
         "patch_size": [int(p) for p in patch],
         "val_roi_size": [int(r) for r in roi],
-        "use_tensorboard": False,
-        "use_progress_bar": False,
     }
 
 
@@ -324,7 +322,7 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     for name, s in results["baselines"].items():
         pearson = "undefined" if np.isnan(s["pearson"]) else f"{s['pearson']:.3f}"
         # + 0.0 turns the constant baseline's -0.000 into 0.000
-        lines.append(f"| any | baseline: {name} | {s['r2'] + 0.0:.3f} | {pearson} | {s['mse']:.3f} | - |")
+        lines.append(f"| any | baseline: {name} | {round(s['r2'], 3) + 0.0:.3f} | {pearson} | {s['mse']:.3f} | - |")
     return "\n".join(lines) + "\n"
 
 

@@ -102,6 +102,12 @@ def test_pretrained_weights_are_loaded_by_initialize(tmp_path: Path, split_dir: 
         parser.get_parsed_content("initialize")
         return parser.get_parsed_content("network")
 
+    # initialize builds the network to load the weights, then re-seeds: the data stream of a run is the one it gets
+    # without this step (the network would otherwise be built before the DataLoaders draw their seeds)
+    initialised_network(str(fresh_weights))
+    after = torch.rand(4)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(4))
     expected = torch.load(fresh_weights, weights_only=True)
     loaded = initialised_network(str(fresh_weights)).state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in expected.items())
