@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import sparsessp_monai
-from sparsessp_monai.io.publish import DONE_MARKER, atomic_write_text, staged_folder
+from sparsessp_monai.io.publish import atomic_write_text, staged_folder
 
 __all__ = [
     "REQUIRED_DISTRIBUTIONS",
@@ -305,7 +305,8 @@ def export_zoo_bundle(
     meta = zoo_metadata(json.loads((bundle_dir / "configs" / "metadata.json").read_text()), metrics, protocol)
     sha256 = file_sha256(weights)
     target = Path(out_dir) / name
-    with staged_folder(target, {"bundle": name, "weights_sha256": sha256}, replace=True) as stage:
+    # a Model Zoo bundle has no room for the done-marker: published whole, without it
+    with staged_folder(target, {"bundle": name, "weights_sha256": sha256}, replace=True, mark=False) as stage:
         vendor_package(stage / VENDOR_NAME)
         for config in CONFIG_FILES:
             text = (bundle_dir / "configs" / config).read_text(encoding="utf-8")
@@ -323,6 +324,4 @@ def export_zoo_bundle(
         atomic_write_text(stage / "docs" / "README.md", readme)
         entry = {"path": "models/model.pt", "url": weights_url or "", "hash_val": sha256, "hash_type": "sha256"}
         atomic_write_text(stage / "large_files.yml", _large_files_yaml([entry], hosted=bool(weights_url)))
-    # the done-marker of publish_folder is not part of a Model Zoo bundle; the folder was published whole
-    (target / DONE_MARKER).unlink(missing_ok=True)
     return target

@@ -12,7 +12,6 @@ rename), with removals deferred until the new file is complete.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from sparsessp_monai.engines.bundle_utils import as_bool, latest_checkpoint
 from sparsessp_monai.handlers.training_state import BestMetricState, RandomStates, follow_cosine_length
-from sparsessp_monai.io.publish import atomic_write
+from sparsessp_monai.io.publish import atomic_write, process_alive
 
 __all__ = ["AtomicDiskSaver", "BestModelSaver", "ResumableCheckpoint", "remove_stale_temporaries"]
 
@@ -78,15 +77,8 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     removed = []
     for path in Path(folder).glob(".*.pt.tmp-*"):
         match = _TEMPORARY.match(path.name)
-        if match is None or int(match.group("pid")) == os.getpid():
-            continue
-        try:
-            os.kill(int(match.group("pid")), 0)
-            continue  # the writer is alive
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # alive, another user's
+        if match is None or process_alive(int(match.group("pid"))):
+            continue  # not ours, or the writer is still running
         path.unlink(missing_ok=True)
         removed.append(path)
     return removed

@@ -17,7 +17,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 
 from sparsessp_monai.engines.errors import BundleInputError
-from sparsessp_monai.io.publish import staging_path
+from sparsessp_monai.io.publish import process_alive, staging_path
 
 __all__ = ["PublishOutputs", "process_alive"]
 
@@ -28,19 +28,6 @@ STAGING_NAME = re.compile(r"^\.outputs@(?P<host>[A-Za-z0-9-]*)\.staging-(?P<pid>
 def _host() -> str:
     # in the staging name so that a run never takes another machine's live staging folder (a shared disk) for stale
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process ``pid`` runs on this machine (``True`` when that cannot be told, to stay on the safe side)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (OSError, OverflowError):  # PermissionError: alive, owned by someone else
-        return True
-    return True
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -30,6 +30,7 @@ __all__ = [
     "atomic_write_text",
     "csv_text",
     "is_complete",
+    "process_alive",
     "publish_folder",
     "staged_folder",
     "staging_path",
@@ -43,6 +44,19 @@ def staging_path(target: str | os.PathLike, kind: str = "staging") -> Path:
     """A fresh hidden sibling of ``target`` (``.<name>.<kind>-<pid>-<random>``), on the same file system."""
     target = Path(target).absolute()
     return target.parent / f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (``True`` when that cannot be told, to stay on the safe side)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # PermissionError: alive, owned by someone else
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -123,20 +137,24 @@ def _files_below(folder: Path) -> list[str]:
 
 
 def publish_folder(staging: str | os.PathLike, out_dir: str | os.PathLike, record: Mapping[str, Any],
-                   replace: bool = False) -> Path:
+                   replace: bool = False, mark: bool = True) -> Path:
     """Move a fully written ``staging`` folder to ``out_dir`` and mark it complete.
 
     A new ``out_dir`` is one atomic rename. An existing one is either replaced whole (``replace=True``: the old
     folder is moved aside and deleted only after the new one is in place) or updated entry by entry (the staging
     folder's top-level entries replace the same-named ones, other files in ``out_dir`` are left alone). In every
     case the done-marker is removed first and written last, so an interruption never leaves a folder that
-    :func:`is_complete` accepts with partial content.
+    :func:`is_complete` accepts with partial content. ``mark=False`` writes no marker, for a folder whose format
+    has no room for one (a Model Zoo bundle); it must then be published whole (``replace=True``, or a new folder).
     """
     staging, out = Path(staging), Path(out_dir)
     files = _files_below(staging)
     marker = {"record": _jsonable(record), "files": files}
+    if not mark and not replace:
+        raise ValueError("a folder published without its done-marker must be published whole (replace=True).")
     if not out.exists():
-        atomic_write_text(staging / DONE_MARKER, json.dumps(marker, indent=2))
+        if mark:
+            atomic_write_text(staging / DONE_MARKER, json.dumps(marker, indent=2))
         try:
             os.rename(staging, out)
             _fsync_dir(out.parent)
@@ -150,7 +168,8 @@ def publish_folder(staging: str | os.PathLike, out_dir: str | os.PathLike, recor
         old = staging_path(out, "old")
         os.rename(out, old)
         try:
-            atomic_write_text(staging / DONE_MARKER, json.dumps(marker, indent=2))
+            if mark:
+                atomic_write_text(staging / DONE_MARKER, json.dumps(marker, indent=2))
             os.rename(staging, out)
         except BaseException:
             os.rename(old, out)
@@ -174,7 +193,9 @@ def publish_folder(staging: str | os.PathLike, out_dir: str | os.PathLike, recor
 
 
 @contextlib.contextmanager
-def staged_folder(out_dir: str | os.PathLike, record: Mapping[str, Any], replace: bool = False) -> Iterator[Path]:
+def staged_folder(
+    out_dir: str | os.PathLike, record: Mapping[str, Any], replace: bool = False, mark: bool = True
+) -> Iterator[Path]:
     """Context manager: yields a fresh staging folder beside ``out_dir``; on normal exit it is published with
     :func:`publish_folder`, on an exception it is deleted (``out_dir`` is then untouched)."""
     out = Path(out_dir)
@@ -186,4 +207,4 @@ def staged_folder(out_dir: str | os.PathLike, record: Mapping[str, Any], replace
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    publish_folder(staging, out, record, replace=replace)
+    publish_folder(staging, out, record, replace=replace, mark=mark)
