@@ -204,3 +204,32 @@ def test_checkpoint_layout_is_stable() -> None:
         assert key in keys, key
     order = [keys.index(k) for k in ("bottleneck.conv.weight", "decoder.0.up.deconv.weight", "head.conv.conv.weight")]
     assert order == sorted(order)
+
+
+@pytest.mark.parametrize("conditioning", ["film", "dynamic"])
+@pytest.mark.parametrize("z_context", [(2,), (4, 8)])
+def test_z_context_refines_the_full_grid_in_3d(z_context, conditioning) -> None:
+    net = small_net(z_context=z_context, num_tasks=2, conditioning=conditioning)
+    x, task = torch.randn(2, 1, 16, 16, 24), torch.tensor([0, 1])
+    y = net(x, task)
+    assert y.shape == (2, 1, 16, 16, 24)
+    y.square().mean().backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, f"no gradient reaches {missing}"
+    # the stage is 3D: its filters are shared along Z
+    convs = [m for m in net.z_refine.convs.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert len(convs) == max(1, len(z_context) - 1)
+    # the 2D head gives c channels per slice
+    assert net.head.conv.out_channels == z_context[0] * 16
+    scripted = torch.jit.script(net.eval())
+    with torch.no_grad():
+        assert torch.allclose(scripted(x, task), net(x, task), atol=1e-5)
+
+
+def test_z_context_is_off_by_default_and_leaves_the_checkpoint_layout() -> None:
+    plain, ctx = small_net(), small_net(z_context=(4,))
+    assert not any(k.startswith("z_refine") for k in plain.state_dict())
+    extra = set(ctx.state_dict()) - set(plain.state_dict())
+    assert extra and all(k.startswith("z_refine.") for k in extra)
+    with pytest.raises(ValueError, match="z_context"):
+        small_net(topology="3d", z_context=(4,))

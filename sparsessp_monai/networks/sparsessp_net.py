@@ -156,6 +156,36 @@ class _StaticHead(nn.Module):
         return self.conv(x)
 
 
+class _ZContext(nn.Module):
+    """
+    ``(c, w_1, ..., w_n)``: the 2D decoder's ``c`` channels per slice ``(B, c, D, H, W)`` and the first 3D encoder
+    level ``(B, F3_0, D, H, W)``, concatenated, then 3x3x3 convolutions of widths ``w_1 .. w_n`` (one of width ``c``
+    when ``n = 0``) and ``head`` to the output channels.
+
+    A 2D decoder has separate filters for every output slice; these layers share theirs along Z, as a 3D decoder
+    does everywhere, at the cost of a few narrow 3D convolutions at full resolution.
+    """
+
+    def __init__(self, widths: Sequence[int], skip_channels: int, head: nn.Module, act, norm):
+        super().__init__()
+        outs = [*widths[1:]] or [widths[0]]
+        ins = [widths[0] + skip_channels, *outs[:-1]]
+        self.convs = nn.Sequential(
+            *[Convolution(3, c_in, c_out, kernel_size=3, act=act, norm=norm) for c_in, c_out in zip(ins, outs)]
+        )
+        self.head = head
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
+        return self.head(self.convs(torch.cat([x, skip], dim=1)), task)
+
+
+class _NoZContext(nn.Module):
+    """No full-resolution 3D stage: returns the unfolded output as it is (no parameters, no state_dict keys)."""
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
+        return x
+
+
 class SparseSSPNet(nn.Module):
     """
     SparseSSP network (ECCV 2024): predicts the full-resolution 3D volume of a structure from a transmitted-light
@@ -188,7 +218,9 @@ class SparseSSPNet(nn.Module):
     - ``"3d"``: levels ``(B, F3_l, D_l, H_l, W_l)`` in encoder and decoder; head ``(B, C_h, D_in, H, W)``.
     - ``"3to2d"``: 3D encoder levels ``(B, F3_l, D_l, H_l, W_l)``, bridged to ``(B, S_l, H_l, W_l)`` with
       ``S_l = ceil(F2_l / D_l) * D_l`` (``embedding="3d"``) or ``F2_l`` (``"2d"``); 2D decoder levels
-      ``(B, F2_l, H_l, W_l)``; head ``(B, C_h * D_in, H, W)``, unfolded to ``(B, C_h, D_in, H, W)``.
+      ``(B, F2_l, H_l, W_l)``; head ``(B, C_h * D_in, H, W)``, unfolded to ``(B, C_h, D_in, H, W)``; with
+      ``z_context = (c, ...)`` the 2D head gives ``(B, c * D_in, H, W)``, unfolded and refined in 3D at full
+      resolution ``(B, w, D_in, H, W)`` before the head.
     - ``"2d"``: input folded to ``(B, in_channels * D_in, H, W)``; levels ``(B, F2_l, H_l, W_l)``; head as 3to2d.
     - ``"2to3d"``: input folded as 2d; 2D encoder levels ``(B, F2_l, H_l, W_l)``, bridged to
       ``(B, F3_l, D_l, H_l, W_l)``; 3D decoder levels ``(B, F3_l, D_l, H_l, W_l)``; head ``(B, C_h, D_in, H, W)``.
@@ -221,6 +253,10 @@ class SparseSSPNet(nn.Module):
             runs on the image alone, as MONAI's ``verify_net_in_out``, ``ckpt_export`` and single-input callers
             call it); ``None`` (default) requires task ids. Must be in ``[0, num_tasks)``; not stored in the
             ``state_dict``.
+        z_context: 3to2d only: ``(c, w_1, ..., w_n)`` adds a full-resolution 3D stage (:meth:`get_z_context`): the
+            2D decoder ends in ``c`` channels per output slice, unfolded to ``(B, c, D_in, H, W)`` and concatenated
+            with the first 3D encoder level, then 3x3x3 convolutions of widths ``w_1 .. w_n`` (one of width ``c``
+            when ``n = 0``) and the head. Empty (default): the 2D head unfolds straight to the output.
 
     Example::
 
@@ -247,11 +283,15 @@ class SparseSSPNet(nn.Module):
         norm: tuple | str = ("instance", {"affine": True}),
         suffix_channels: int = 8,
         default_task: int | None = None,
+        z_context: Sequence[int] = (),
     ) -> None:
         super().__init__()
         _check_arguments(
             depth, topology, z_mapping, ratio, features_3d, features_2d, num_tasks, conditioning, default_task
         )
+        self.z_context = [int(w) for w in z_context]
+        if self.z_context and (topology != "3to2d" or min(self.z_context) < 1):
+            raise ValueError(f"z_context needs topology '3to2d' and positive widths, got {topology!r}, {z_context}.")
         self.depth = int(depth)
         self.topology = topology
         self.z_mapping = z_mapping
@@ -291,6 +331,8 @@ class SparseSSPNet(nn.Module):
         # a 2D decoder's output channels carry depth and unfold to it
         self.unfold_output = ChannelToDepth(self.in_depth) if self.dec_dims == 2 else nn.Identity()
         self.z_upsample = self.get_z_upsample()
+        # built last, and without parameters when off: the default network keeps its keys and its initialisation
+        self.z_refine = self.get_z_context()
 
     def level_scale(self, dims: int, level: int) -> list[int]:
         """Stride between ``level`` and ``level + 1`` of a ``dims``-D stage: Z as :func:`z_strides`, H and W 2."""
@@ -345,11 +387,27 @@ class SparseSSPNet(nn.Module):
         return decoder
 
     def get_head(self) -> nn.Module:
-        """Per-voxel output channels (``C_h``, times ``D_in`` for a 2D decoder): dynamic or static 1x1 convolution."""
+        """Per-voxel output channels (``C_h``, times ``D_in`` for a 2D decoder): dynamic or static 1x1 convolution.
+        With ``z_context``, a static 1x1 projection to ``z_context[0]`` channels per slice instead."""
+        if self.z_context:
+            return _StaticHead(2, self.dec_widths[0], self.z_context[0] * self.in_depth)
         head_out = self.head_channels * self.in_depth if self.dec_dims == 2 else self.head_channels
         if self.dynamic:
             return DynamicHead(self.dec_dims, self.dec_widths[0], head_out, self.num_tasks)
         return _StaticHead(self.dec_dims, self.dec_widths[0], head_out)
+
+    def get_z_context(self) -> nn.Module:
+        """
+        Full-resolution 3D stage of a 3to2d network (:class:`_ZContext`) for ``z_context``; without it, a module
+        that returns the unfolded output unchanged.
+        """
+        if not self.z_context:
+            return _NoZContext()
+        if self.dynamic:
+            head: nn.Module = DynamicHead(3, self.z_context[-1], self.head_channels, self.num_tasks)
+        else:
+            head = _StaticHead(3, self.z_context[-1], self.head_channels)
+        return _ZContext(self.z_context, self.enc_widths[0], head, self.act, self.norm)
 
     def get_z_upsample(self) -> nn.Module:
         """Suffix z-mapping: ``(B, C_h, D_in, H, W) -> (B, out_channels, depth, H, W)``; identity for prefix."""
@@ -396,11 +454,14 @@ class SparseSSPNet(nn.Module):
         task = self._check_inputs(x, task)
         h = self.fold_input(x)
         skips: list[torch.Tensor] = []
+        full_res, first = h, True
         for encode, bridge in zip(self.encoder, self.bridges):
             h = encode(h)
+            if first:  # the first 3D level: what the optional full-resolution 3D stage gets as its skip
+                full_res, first = h, False
             skips.append(bridge(h))
         y = self.bottleneck_condition(self.bottleneck(skips[-1]), task)
         for i, decode in enumerate(self.decoder):
             y = decode(y, skips[self.levels - 2 - i], task)
-        y = self.head(y, task)
-        return self.z_upsample(self.unfold_output(y))
+        y = self.z_refine(self.unfold_output(self.head(y, task)), full_res, task)
+        return self.z_upsample(y)
