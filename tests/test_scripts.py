@@ -298,3 +298,17 @@ def test_write_csv_and_bar_chart(tmp_path):
                            "title", "seconds")
     assert png == tmp_path / "sub" / "chart.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in png.parent.iterdir()] == ["chart.png"]  # no temporary file left behind
+
+
+def test_profile_training_quick_reports_stages_operators_and_the_gemm_fraction(tmp_path):
+    out = _run("profile_training.py", "--quick", "--iterations", "2", "--warmup", "1", "--threads", "1",
+               "--out", str(tmp_path))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (md,) = tmp_path.glob("profile_*_fp32.md")
+    text = md.read_text()
+    assert text.splitlines()[2].startswith("Command: `python scripts/profile_training.py --quick")
+    for stage in ("data", "forward", "loss", "backward", "optimizer", "handlers"):
+        assert f"| {stage} |" in text
+    # the operators come from the bundle's own SupervisedTrainer iterations: convolutions and Adam's step
+    assert "convolution" in text and "Optimizer.step#Adam.step" in text
+    assert "of this process's fp32 GEMM rate" in text and "minor page faults" in text

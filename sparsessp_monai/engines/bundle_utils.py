@@ -114,8 +114,12 @@ def fast_bf16(device: str | torch.device) -> bool:
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type != "cpu":
         return False
-    if torch.backends.cpu.get_cpu_capability() == "AMX":
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability == "AMX":
         return True
+    if capability != "AVX512":
+        # also where ATen is capped below the hardware (ATEN_CPU_CAPABILITY=avx2): its kernels then emulate bf16
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

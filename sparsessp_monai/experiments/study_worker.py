@@ -100,7 +100,9 @@ def train_bundle(config_file: str, overrides: Mapping[str, Any]) -> dict[str, An
     """
     Run the bundle's ``training`` with ``overrides`` (bundle root included) and time it: wall and CPU seconds of
     the whole workflow, mean seconds per trainer iteration (forward, backward, optimiser step; data loading and
-    validation excluded), seconds in the evaluator, iterations and the trainer's class name.
+    validation excluded), seconds in the evaluator, iterations and the trainer's class name, and the learning
+    curve: one ``{"epoch", "iteration", "train_s", "r2"}`` per validation, ``train_s`` the training wall time up
+    to it (validations excluded), for time-to-accuracy reports.
     """
     from ignite.engine import Events
     from ignite.handlers import Timer
@@ -117,6 +119,13 @@ def train_bundle(config_file: str, overrides: Mapping[str, Any]) -> dict[str, An
     val.pause()
     evaluator.add_event_handler(Events.STARTED, val.resume)
     evaluator.add_event_handler(Events.COMPLETED, val.pause)
+    curve: list[dict[str, float]] = []
+
+    def record(engine) -> None:
+        curve.append({"epoch": int(trainer.state.epoch), "iteration": int(trainer.state.iteration),
+                      "train_s": train.value() - val.value(), "r2": float(engine.state.metrics.get("val_r2", "nan"))})
+
+    evaluator.add_event_handler(Events.COMPLETED, record)  # after val.pause: the validation is excluded
     wf.run()
     wf.finalize()
     loss = from_engine(["loss"], first=True)(trainer.state.output)  # one value, or one per key
@@ -125,7 +134,7 @@ def train_bundle(config_file: str, overrides: Mapping[str, Any]) -> dict[str, An
         "epochs": int(trainer.state.epoch), "loader_length": len(trainer.data_loader),
         "step_s": step.value(), "train_s": train.value() - val.value(), "val_s": val.value(),
         "bundle_s": time.perf_counter() - t0, "bundle_cpu_s": _cpu_seconds() - c0,
-        "final_loss": float(loss[0] if isinstance(loss, (list, tuple)) else loss),
+        "final_loss": float(loss[0] if isinstance(loss, (list, tuple)) else loss), "curve": curve,
     }
 
 
