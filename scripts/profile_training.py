@@ -68,13 +68,14 @@ def report(result: dict, command: str, capability: str, precision: str) -> str:
     total = sum(stages.values())
     rows = "\n".join(f"| {s} | {stages[s] * 1000:.1f} | {100 * stages[s] / total:.1f}% |" for s in STAGES)
     cpu = result["user_s"] + result["sys_s"]
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return f"""# Training-iteration profile ({capability}, {precision})
 
 Command: `{command}`
 
-Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {torch.__version__}, {torch.get_num_threads()} threads,
-CPU capability {capability}, {platform.processor() or platform.machine()}. {result['iterations']} profiled
-iterations of batch {result['batch']} x {result['patch']} after the warm-up.
+Date: {date}; torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {capability},
+{platform.processor() or platform.machine()}. {result['iterations']} profiled iterations of batch
+{result['batch']} x {result['patch']} after the warm-up.
 
 ## Per iteration
 
