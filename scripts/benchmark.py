@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
 from sparsessp_monai.experiments import benchmarking as bm  # noqa: E402
+from sparsessp_monai.experiments.profiling import gemm_gflops  # noqa: E402
 from sparsessp_monai.io.publish import atomic_write_text  # noqa: E402
 from sparsessp_monai.networks import TOPOLOGIES  # noqa: E402
 
@@ -125,11 +126,20 @@ def measure_patch(args: argparse.Namespace, topology: str, precision: str, devic
     gflop = bm.count_gflop(net, x, task)
     bm.reset_peak_memory(device)
     times = bm.time_patch(net, x, target, task, precision, args.warmup, args.repeats)
+    peak = bm.peak_memory_mib(device)
+    # the GEMM rate of this same process (threads, clocks, neighbours): what the achieved rates are a fraction of
+    gemm = gemm_gflops() if device.type == "cpu" else None
+    train_rate, infer_rate = 3 * gflop / times["train_s"], gflop / times["infer_s"]  # backward ~ 2x forward
     return {
         "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
         "gflop": gflop,
         **times,
-        "patch_peak_mib": bm.peak_memory_mib(device),
+        "patch_peak_mib": peak,
+        "train_gflops": train_rate,
+        "infer_gflops": infer_rate,
+        "gemm_gflops": gemm,
+        "train_gemm_fraction": None if gemm is None else train_rate / gemm,
+        "infer_gemm_fraction": None if gemm is None else infer_rate / gemm,
     }
 
 
@@ -263,6 +273,14 @@ def machine_line(device: torch.device, threads: int) -> str:
     return f"{where}; torch {torch.__version__}, Python {platform.python_version()}"
 
 
+def _rate(row: dict, kind: str) -> str:
+    """``"<GFLOP/s> (<fraction of the GEMM rate>)"`` of the train step or inference of a row."""
+    rate, fraction = row.get(f"{kind}_gflops"), row.get(f"{kind}_gemm_fraction")
+    if rate is None:
+        return "n/a"
+    return f"{rate:.1f}" + ("" if fraction is None else f" ({100 * fraction:.0f}%)")
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -289,14 +307,23 @@ def render_markdown(
         f"Reference implementation: {bm.REFERENCE_GFLOP:.0f} GFLOP per 32x128x128 patch.\n",
     ]
     header = ["topology", "precision", "params (M)", "GFLOP/patch", "train step (s)", "inference (s)",
-              "patch peak (MiB)", "full volume (s)", "volume peak (MiB)"]
+              "train GFLOP/s (of GEMM)", "inference GFLOP/s (of GEMM)", "patch peak (MiB)", "full volume (s)",
+              "volume peak (MiB)"]
     body = []
     for r in rows:
         name = r["topology"] + (" (default)" if r["topology"] == DEFAULT_TOPOLOGY else "")
         body.append([name, r["precision"], f"{r['params_m']:.2f}", f"{r['gflop']:.1f}", _fmt(r["train_s"]),
-                     _fmt(r["infer_s"]), f"{r['patch_peak_mib']:.0f}", _fmt(r.get("volume_s"), 2),
-                     _fmt(r.get("volume_peak_mib"), 0)])
-    lines.append(bm.markdown_table(header, body, "ll" + "r" * 7))
+                     _fmt(r["infer_s"]), _rate(r, "train"), _rate(r, "infer"), f"{r['patch_peak_mib']:.0f}",
+                     _fmt(r.get("volume_s"), 2), _fmt(r.get("volume_peak_mib"), 0)])
+    lines.append(bm.markdown_table(header, body, "ll" + "r" * 9))
+    gemm = [r["gemm_gflops"] for r in rows if r.get("gemm_gflops")]
+    if gemm:
+        lines.append(
+            f"Achieved rates: forward + backward counted as 3x the forward GFLOP; in parentheses the fraction of the "
+            f"fp32 GEMM rate (2048x2048 matmul) measured in the same process as the row (median over rows "
+            f"{sorted(gemm)[len(gemm) // 2]:.0f} GFLOP/s). CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}.\n"
+        )
     vol = "x".join(map(str, args.volume_shape))
     lines.append(
         f"Full volume: 1x1x{vol} from its r={args.ratio} sparse stack (prefix trilinear resampling + "

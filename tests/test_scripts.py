@@ -251,8 +251,13 @@ def test_benchmark_quick_end_to_end_with_checkpoint(tmp_path):
     rows = list(csv.DictReader((out_dir / "benchmark_cpu_quick.csv").open()))
     assert [(r["topology"], r["precision"]) for r in rows] == [("3to2d", "fp32"), ("2d", "fp32")]
     default = rows[0]
-    for key in ("params_m", "gflop", "train_s", "infer_s", "patch_peak_mib", "volume_s", "volume_peak_mib"):
+    for key in ("params_m", "gflop", "train_s", "infer_s", "patch_peak_mib", "volume_s", "volume_peak_mib",
+                "train_gflops", "infer_gflops", "gemm_gflops"):
         assert float(default[key]) > 0, key
+    # the achieved rates follow from the FLOP count and the times, as fractions of the same process's GEMM rate
+    assert float(default["train_gflops"]) == pytest.approx(3 * float(default["gflop"]) / float(default["train_s"]))
+    assert float(default["train_gemm_fraction"]) == pytest.approx(
+        float(default["train_gflops"]) / float(default["gemm_gflops"]))
     assert rows[1]["volume_s"] == ""  # full volume for the default model only
     assert float(default["params_m"]) == pytest.approx(sum(p.numel() for p in net.parameters()) / 1e6)
     assert float(default["bf16_max_abs_diff"]) >= float(default["bf16_mean_abs_diff"]) > 0
@@ -260,6 +265,7 @@ def test_benchmark_quick_end_to_end_with_checkpoint(tmp_path):
     md = (out_dir / "benchmark_cpu_quick.md").read_text()
     assert "Command: `python scripts/benchmark.py --quick" in md
     assert "| 3to2d (default) | fp32 |" in md and "R2 change" in md
+    assert "fraction of the fp32 GEMM rate" in md and f"CPU capability {torch.backends.cpu.get_cpu_capability()}" in md
     assert (out_dir / "benchmark_cpu_quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # results.md gathers both reports, marked preliminary
