@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="bf16 autocast in training and validation (auto: where the device has native bf16)")
     p.add_argument("--generalisation", default="3to2d", help="claims: topologies also evaluated at the other ratios")
     p.add_argument("--override", action="append", default=[], metavar="ID=JSON", help="override for every variant")
+    p.add_argument("--target-r2", type=float, default=0.57,
+                   help="R2 whose time to reach the report gives for variants validated more than once "
+                        "(--override val_interval=N)")
     p.add_argument("--only", nargs="+", default=None, metavar="REGEX",
                    help="run only variants whose name matches one of these regular expressions (re.search)")
     p.add_argument("--threads", type=int, default=None, help="torch threads of each variant's process")
@@ -153,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         verdicts = claims.check_claims(rows, args.ratios or (1, 2, 4, 8), 4, args.little_drop, args.degrade_drop)
         bars = claims.check_bars(rows, [r for r in (4, 8) if r in ratios])
         md = claims.render_markdown(rows, verdicts, settings, command, settings.device, args.quick,
-                                    time.perf_counter() - t0, bars)
-        bm.write_csv(out / f"{stem}.csv", rows)
+                                    time.perf_counter() - t0, bars, args.target_r2)
+        bm.write_csv(out / f"{stem}.csv", [{k: v for k, v in r.items() if k != "curve"} for r in rows])
         atomic_write_text(out / f"{stem}.md", md)
         print(md)
         if any(r["group"] in ("front", "loss") for r in rows):

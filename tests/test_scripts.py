@@ -84,6 +84,22 @@ def _cost_row(topology: str, ratio: int, r2: float, step: float, default: bool =
             "features_3d": [16, 32, 64, 128], **extra}
 
 
+def test_time_to_r2_and_the_curve_section():
+    from sparsessp_monai.experiments.claims import curve_section, time_to_r2
+
+    curve = [{"epoch": 2, "iteration": 72, "train_s": 50.0, "r2": 0.4},
+             {"epoch": 4, "iteration": 144, "train_s": 101.0, "r2": 0.58},
+             {"epoch": 6, "iteration": 216, "train_s": 150.0, "r2": 0.56}]
+    assert time_to_r2(curve, 0.57) == 101.0 and time_to_r2(curve, 0.6) is None
+    rows = [{"variant": "a", "ratio": 4, "eval_ratio": 4, "curve": curve},
+            {"variant": "b", "ratio": 4, "eval_ratio": 4, "curve": curve[:1]},  # validated once: no curve
+            {"variant": "a", "ratio": 4, "eval_ratio": 8, "curve": curve}]  # generalisation row: not repeated
+    text = "\n".join(curve_section(rows, 0.57))
+    assert "| a | 101 | 0.400 @ 50 s (ep 2), 0.580 @ 101 s (ep 4), 0.560 @ 150 s (ep 6) |" in text
+    assert "| b |" not in text and text.count("| a |") == 1
+    assert curve_section(rows[1:2], 0.57) == []
+
+
 def test_bars_need_accuracy_and_half_the_step_time():
     rows = [_cost_row("3to2d", 4, 0.70, 0.5, default=True), _cost_row("3d", 4, 0.69, 1.2),
             _cost_row("3to2d", 8, 0.60, 0.5, default=True), _cost_row("3d", 8, 0.62, 1.2),
@@ -211,6 +227,12 @@ def test_study_quick_runs_the_bundle_and_resumes(tmp_path):
     assert "| 3to2d at least as accurate as 3d at r=4 |" in md and "## Bars of the accuracy-cost study" in md
     cache = json.loads((tmp_path / "study_cpu_quick_cache.json").read_text())
     assert len(cache["variants"]) == len(STUDY_VARIANTS)
+    # the learning curve: one point per validation (one, at the end, here), with the evaluator's R2
+    for entry in cache["variants"].values():
+        (point,) = entry["timing"]["curve"]
+        own = str(entry["axes"]["ratio"])
+        assert point["iteration"] == 2 and point["r2"] == pytest.approx(entry["eval"][own]["r2"], abs=1e-6)
+        assert 0 < point["train_s"] <= entry["timing"]["train_s"] + 1e-6
 
     # the study ran the bundle, not a loop of its own: the bundle's outputs are in each variant's bundle root,
     # the reported R2 is its evaluator's, and the bundle's SupervisedTrainer made the configured number of steps

@@ -179,9 +179,31 @@ def format_cell(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def time_to_r2(curve: list[dict[str, Any]], target: float) -> float | None:
+    """Training seconds (validations excluded) at the first validation whose R2 reaches ``target``; ``None`` if none."""
+    return next((float(p["train_s"]) for p in curve if float(p["r2"]) >= target), None)
+
+
+def curve_section(rows: list[dict[str, Any]], target: float) -> list[str]:
+    """Markdown lines of the learning curves (variants validated more than once): R2 at every validation."""
+    own = [r for r in rows if r["eval_ratio"] == r["ratio"] and len(r.get("curve") or []) > 1]
+    if not own:
+        return []
+    lines = [f"## Learning curves (time to R2 >= {target})\n",
+             "R2 after each validation at the training time it was reached (seconds of training, validations "
+             "excluded, this machine and threads).\n"]
+    body = []
+    for r in own:
+        reached = time_to_r2(r["curve"], target)
+        points = ", ".join(f"{p['r2']:.3f} @ {p['train_s']:.0f} s (ep {p['epoch']})" for p in r["curve"])
+        body.append([r["variant"], "not reached" if reached is None else f"{reached:.0f}", points])
+    lines.append(markdown_table(["variant", f"s to R2 {target}", "R2 @ training s"], body, "lrl"))
+    return lines
+
+
 def render_markdown(
     rows: list[dict[str, Any]], claims: list[Claim], settings: StudySettings, command: str, device: str,
-    quick: bool = False, elapsed_s: float | None = None, bars: list[Claim] | None = None,
+    quick: bool = False, elapsed_s: float | None = None, bars: list[Claim] | None = None, target_r2: float = 0.57,
 ) -> str:
     """The study report: command and date, settings, results at the training ratio, generalisation, claims, bars."""
     title = f"# Study ({device}){' — quick mode, preliminary, not representative' if quick else ''}\n"
@@ -228,4 +250,5 @@ def render_markdown(
         lines.append("\n## Bars of the accuracy-cost study\n")
         lines.append(markdown_table(["bar", "verdict", "margin"], [[c.claim, c.verdict, c.margin] for c in bars],
                                     "lll"))
+    lines += curve_section(rows, target_r2)
     return "\n".join(lines) + "\n"
