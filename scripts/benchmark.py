@@ -41,7 +41,10 @@ from sparsessp_monai.experiments.profiling import gemm_gflops  # noqa: E402
 from sparsessp_monai.io.publish import atomic_write_text  # noqa: E402
 from sparsessp_monai.networks import TOPOLOGIES  # noqa: E402
 
-DEFAULT_TOPOLOGY = "3to2d"
+
+def default_topology(args: argparse.Namespace) -> str:
+    """The topology of the training config's ``network_def`` (the bundle default the other rows are compared to)."""
+    return str(bm.load_config(args.config).get_parsed_content("network_def#topology"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -295,12 +298,13 @@ def render_markdown(
 ) -> str:
     """The Markdown report: command, date, machine, per-topology table, full-volume table, bf16 accuracy."""
     settings = inference_settings(args)
+    default = default_topology(args)
     roi = settings["roi_size"]
     lines = [
         f"# Benchmark ({device.type}){' — quick mode, not representative' if args.quick else ''}\n",
         f"Command: `{command}`\n",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Machine: {machine_line(device, args.threads)}.\n",
-        f"Network: `network_def` of `{Path(args.config).name}` (the bundle default is topology {DEFAULT_TOPOLOGY}; "
+        f"Network: `network_def` of `{Path(args.config).name}` (the bundle default is topology {default}; "
         "other rows change only `topology`). Patch 1x1x" + "x".join(map(str, roi)) + f", r={args.ratio}. "
         f"Medians of {args.repeats} runs after {args.warmup} warm-up runs; every row measured in a fresh process "
         f"({'peak torch.cuda.max_memory_allocated' if device.type == 'cuda' else 'peak RSS of that process'}). "
@@ -311,7 +315,7 @@ def render_markdown(
               "volume peak (MiB)"]
     body = []
     for r in rows:
-        name = r["topology"] + (" (default)" if r["topology"] == DEFAULT_TOPOLOGY else "")
+        name = r["topology"] + (" (default)" if r["topology"] == default else "")
         body.append([name, r["precision"], f"{r['params_m']:.2f}", f"{r['gflop']:.1f}", _fmt(r["train_s"]),
                      _fmt(r["infer_s"]), _rate(r, "train"), _rate(r, "infer"), f"{r['patch_peak_mib']:.0f}",
                      _fmt(r.get("volume_s"), 2), _fmt(r.get("volume_peak_mib"), 0)])
@@ -331,7 +335,7 @@ def render_markdown(
         f"sw_batch_size {settings['sw_batch_size']}); median of {args.volume_repeats}.\n"
     )
     default_fp32 = next(
-        (r for r in rows if r["topology"] == DEFAULT_TOPOLOGY and r["precision"] == "fp32" and "volume_s" in r), None
+        (r for r in rows if r["topology"] == default and r["precision"] == "fp32" and "volume_s" in r), None
     )
     if default_fp32 is not None and not args.quick and device.type == "cpu":
         verdict = "meets" if default_fp32["volume_s"] <= 15.0 else "MISSES"
@@ -350,10 +354,11 @@ def render_markdown(
         )
     by = {(r["topology"], r["precision"]): r for r in rows}
     for precision in args.precisions:
-        a, b = by.get(("3d", precision)), by.get((DEFAULT_TOPOLOGY, precision))
+        mixed = "3to2d" if default == "3d" else default  # the mixed-dimension network against the 3D UNet
+        a, b = by.get(("3d", precision)), by.get((mixed, precision))
         if a and b:
             lines.append(
-                f"{precision}: {DEFAULT_TOPOLOGY} vs 3d: train step {a['train_s'] / b['train_s']:.1f}x faster, "
+                f"{precision}: {mixed} vs 3d: train step {a['train_s'] / b['train_s']:.1f}x faster, "
                 f"inference {a['infer_s'] / b['infer_s']:.1f}x faster, {a['gflop'] / b['gflop']:.1f}x fewer GFLOP.\n"
             )
     lines.append("## bf16 autocast on a trained model\n")
@@ -398,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     base = [sys.executable, str(Path(__file__).resolve()), *passthrough, "--device", device.type]
     try:
         rows = []
-        volume_topologies = {"all": args.topologies, "default": [DEFAULT_TOPOLOGY], "none": []}[args.full_volume]
+        volume_topologies = {"all": args.topologies, "default": [default_topology(args)], "none": []}[
+            args.full_volume]
         for topology in args.topologies:
             for precision in args.precisions:
                 job = {"kind": "patch", "topology": topology, "precision": precision}

@@ -110,6 +110,11 @@ def test_bars_need_accuracy_and_half_the_step_time():
     slow = [_cost_row("3to2d", 4, 0.70, 0.7, default=True), _cost_row("3d", 4, 0.69, 1.2)]
     assert _verdicts(check_bars(slow, [4])) == ["refuted"]  # accurate enough but not twice as fast
     assert _verdicts(check_bars(rows[:1], [4])) == ["not evaluated"]
+    # a 3d default: the bar is about the method, the baseline 3to2d with the default's encoder, against that 3d
+    three_d_default = [_cost_row("3d", 4, 0.69, 1.2, default=True), _cost_row("3to2d", 4, 0.60, 0.5),
+                       _cost_row("3to2d", 4, 0.99, 0.1, features_3d=[32, 64, 128, 256])]
+    (bar,) = check_bars(three_d_default, [4])
+    assert bar.verdict == "refuted" and "R2 0.6000 vs 0.6900" in bar.margin
 
 
 def test_read_scores_takes_the_macro_row(tmp_path):
@@ -155,22 +160,25 @@ def test_suffix_variant_feeds_the_sparse_stack():
 def test_front_sweep_lists_the_issue_points():
     config = CONFIG_DIR / "train.json"
     variants = {v.name: v for v in sweeps.front_variants(config)}
+    e = bm.load_config(config).get_parsed_content("network_def#features_3d")[0]  # the config's encoder
     for r in (4, 8):
         for c, width in ((1, 32), (2, 64), (4, 128), (8, 256)):  # channels per output slice at depth 32
-            v = variants[f"3to2d-c{c}-e16-r{r}"]
+            v = variants[f"3to2d-c{c}-e{e}-r{r}"]
             assert v.overrides.get("network_def#features_2d", [32])[0] == width
         assert {f"3d-e{w}-r{r}" for w in (8, 16, 32)} <= set(variants)
-        assert variants[f"3to2d-c1-e16-emb2d-r{r}"].overrides["network_def#embedding"] == "2d"
-        assert {f"3to2d-c1-e{w}-r{r}" for w in (8, 32)} <= set(variants)
-    assert variants["3d-e16-r4"].overrides == {"network_def#topology": "3d"}  # shares 3to2d's encoder
+        assert variants[f"3to2d-c1-e{e}-emb2d-r{r}"].overrides["network_def#embedding"] == "2d"
+        assert {f"3to2d-c1-e{w}-r{r}" for w in (8, 16, 32)} <= set(variants)
+    # the 3d network that shares 3to2d's encoder: the config's own widths
+    assert "network_def#features_3d" not in variants[f"3d-e{e}-r4"].overrides
     # the same model in two sets has one cache key, so it is trained once
     settings = StudySettings.quick()
-    claims_default = {v.name: v for v in sweeps.claim_variants(config)}["3to2d-r4-prefix_trilinear-emb3d"]
-    assert variant_key(settings, claims_default) == variant_key(settings, variants["3to2d-c1-e16-r4"])
-    loss = sweeps.loss_variants(config, (4,), ["3to2d-c4-e16"])
-    assert [v.name for v in loss] == ["3to2d-c4-e16-r4-l1"] and loss[0].overrides["loss"] == "$torch.nn.L1Loss()"
+    claims_3to2d = {v.name: v for v in sweeps.claim_variants(config)}["3to2d-r4-prefix_trilinear-emb3d"]
+    assert variant_key(settings, claims_3to2d) == variant_key(settings, variants[f"3to2d-c1-e{e}-r4"])
+    loss = sweeps.loss_variants(config, (4,), [f"3to2d-c4-e{e}"])
+    assert [v.name for v in loss] == [f"3to2d-c4-e{e}-r4-l1"] and loss[0].overrides["loss"] == "$torch.nn.L1Loss()"
     data = sweeps.data_variants(config, (4,))
     assert sorted(v.overrides["demo#num_per_structure"] for v in data) == [4, 4, 16, 16, 64, 64]
+    assert {v.name.rsplit("-r", 1)[0] for v in data} == {f"3to2d-c1-e{e}", f"3d-e{e}"}
     with pytest.raises(ValueError, match="no front variant"):
         sweeps.loss_variants(config, (4,), ["nope"])
 
@@ -266,12 +274,14 @@ def test_benchmark_quick_end_to_end_with_checkpoint(tmp_path):
     ckpt = tmp_path / "model.pt"
     torch.save(net.state_dict(), ckpt)
     out_dir = tmp_path / "docs"
-    args = ["--quick", "--device", "cpu", "--topologies", "3to2d", "2d", "--precisions", "fp32",
+    default_topology = net.topology
+    other = "2d"
+    args = ["--quick", "--device", "cpu", "--topologies", default_topology, other, "--precisions", "fp32",
             "--checkpoint", str(ckpt), "--out", str(out_dir)]
     out = _run("benchmark.py", *args)
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader((out_dir / "benchmark_cpu_quick.csv").open()))
-    assert [(r["topology"], r["precision"]) for r in rows] == [("3to2d", "fp32"), ("2d", "fp32")]
+    assert [(r["topology"], r["precision"]) for r in rows] == [(default_topology, "fp32"), (other, "fp32")]
     default = rows[0]
     for key in ("params_m", "gflop", "train_s", "infer_s", "patch_peak_mib", "volume_s", "volume_peak_mib",
                 "train_gflops", "infer_gflops", "gemm_gflops"):
@@ -286,7 +296,7 @@ def test_benchmark_quick_end_to_end_with_checkpoint(tmp_path):
     assert math.isfinite(float(default["bf16_r2_change"]))
     md = (out_dir / "benchmark_cpu_quick.md").read_text()
     assert "Command: `python scripts/benchmark.py --quick" in md
-    assert "| 3to2d (default) | fp32 |" in md and "R2 change" in md
+    assert f"| {default_topology} (default) | fp32 |" in md and "R2 change" in md
     assert "fraction of the fp32 GEMM rate" in md and f"CPU capability {torch.backends.cpu.get_cpu_capability()}" in md
     assert (out_dir / "benchmark_cpu_quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
