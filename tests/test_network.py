@@ -233,3 +233,20 @@ def test_z_context_is_off_by_default_and_leaves_the_checkpoint_layout() -> None:
     assert extra and all(k.startswith("z_refine.") for k in extra)
     with pytest.raises(ValueError, match="z_context"):
         small_net(topology="3d", z_context=(4,))
+
+
+@pytest.mark.parametrize("topology", ["3d", "3to2d"])
+def test_channels_last_3d_keeps_values_and_checkpoints(topology) -> None:
+    from sparsessp_monai.networks import channels_last_3d
+
+    plain, fast = small_net(topology=topology, num_tasks=2), channels_last_3d(small_net(topology=topology, num_tasks=2))
+    five_d = [p for p in fast.parameters() if p.ndim == 5]
+    assert five_d and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in five_d)
+    x, task = torch.randn(2, 1, 16, 16, 16), torch.tensor([0, 1])
+    assert torch.allclose(plain(x, task), fast(x, task), atol=1e-5)
+    # a checkpoint of one loads into the other, and the layout survives loading
+    fast.load_state_dict(plain.state_dict())
+    assert all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in fast.parameters() if p.ndim == 5)
+    assert set(fast.state_dict()) == set(plain.state_dict())
+    (fast(x, task).square().mean()).backward()
+    assert all(p.grad is not None for p in five_d)

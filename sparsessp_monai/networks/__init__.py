@@ -11,6 +11,7 @@ from sparsessp_monai.networks.blocks import (
     TaskFiLM,
     Unfold2dTo3d,
 )
+from sparsessp_monai.networks.memory_format import channels_last_3d
 from sparsessp_monai.networks.residual import ResidualSparseSSP
 from sparsessp_monai.networks.sparsessp_net import TOPOLOGIES, SparseSSPNet
 
@@ -27,4 +28,5 @@ __all__ = [
     "SparseSSPNet",
     "TaskFiLM",
     "Unfold2dTo3d",
+    "channels_last_3d",
 ]
