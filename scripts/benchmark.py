@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
 from sparsessp_monai.experiments import benchmarking as bm  # noqa: E402
 from sparsessp_monai.experiments.profiling import gemm_gflops  # noqa: E402
 from sparsessp_monai.io.publish import atomic_write_text  # noqa: E402
-from sparsessp_monai.networks import TOPOLOGIES  # noqa: E402
+from sparsessp_monai.networks import TOPOLOGIES, channels_last_3d  # noqa: E402
 
 
 def default_topology(args: argparse.Namespace) -> str:
@@ -110,7 +110,8 @@ def inference_settings(args: argparse.Namespace) -> dict:
 def make_network(args: argparse.Namespace, topology: str, device: torch.device) -> torch.nn.Module:
     """The config's ``network_def`` with its topology replaced, on ``device``."""
     overrides = {**config_overrides(args), "network_def#topology": topology}
-    return bm.build_network(args.config, overrides).to(device)
+    # as the configs' "network" id builds it: 3D convolution weights channels-last
+    return channels_last_3d(bm.build_network(args.config, overrides)).to(device)
 
 
 def _task(net: torch.nn.Module, device: torch.device) -> torch.Tensor | None:

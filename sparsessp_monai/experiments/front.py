@@ -100,7 +100,8 @@ def front_png(path: str | os.PathLike, rows: Sequence[dict[str, Any]], title: st
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     if title:
-        fig.suptitle(title, fontsize=10)
+        # a command line may hold "$" (regular expressions): plain text, not matplotlib mathtext
+        fig.suptitle(title.replace("$", r"\$"), fontsize=10)
     fig.tight_layout()
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
