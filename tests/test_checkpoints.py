@@ -267,7 +267,10 @@ def test_first_validation_after_resume_keeps_a_better_model(uninterrupted: Path,
 
 def test_extending_max_epochs_continues_the_cosine_schedule(extended) -> None:
     root, lrs = extended
-    base, eta_min, t_max = 0.002, 0.002 * 0.05, 6
+    from monai.bundle import ConfigParser
+
+    base = float(ConfigParser.load_config_file(str(CONFIGS / "train.json"))["learning_rate"])  # the config's own
+    eta_min, t_max = base * 0.05, 6
     expected = [eta_min + (base - eta_min) * (1 + math.cos(math.pi * t / t_max)) / 2 for t in (3, 4, 5)]
     assert lrs == pytest.approx(expected, rel=1e-9), "the lr of epochs 4..6 follows the cosine of length 6"
     assert lrs[0] > lrs[1] > lrs[2] > eta_min  # no restart towards the base learning rate
