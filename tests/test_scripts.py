@@ -138,8 +138,9 @@ def test_claim_variants_cover_the_study():
     assert "3to2d-r4-prefix_trilinear-emb2d" in names and "3to2d-r4-prefix_nearest-emb3d" in names
     assert all(v.baseline and v.group == "claims" for v in variants)
     by_name = {v.name: v for v in variants}
-    assert by_name["3to2d-r4-prefix_trilinear-emb3d"].overrides == {}  # the config itself (r = 4 is its ratio)
-    assert by_name["3d-r8-prefix_trilinear-emb3d"].overrides == {"network_def#topology": "3d", "ratio": 8}
+    own = bm.load_config(CONFIG_DIR / "train.json")["network_def"]["topology"]
+    assert by_name[f"{own}-r4-prefix_trilinear-emb3d"].overrides == {}  # the config itself (r = 4 is its ratio)
+    assert by_name["2d-r8-prefix_trilinear-emb3d"].overrides == {"network_def#topology": "2d", "ratio": 8}
     assert by_name["3to2d-r2-prefix_trilinear-emb3d"].eval_ratios == (1, 2, 4, 8)
 
 
@@ -187,8 +188,9 @@ def test_study_dry_run_prints_the_sweep():
     out = _run("study.py", "--sweep", "front", "loss", "data", "--dry-run", "--epochs", "3")
     assert out.returncode == 0, out.stderr
     assert '"train#trainer#max_epochs": 3' in out.stdout and '"train#trainer#epoch_length": 36' in out.stdout
-    assert "3to2d-c8-e16-r8 [front]: " in out.stdout and "3d-e16-r4-n64 [data]: " in out.stdout
-    assert "3to2d-c1-e16-r4-l1 [loss]: " in out.stdout
+    e = bm.load_config(CONFIG_DIR / "train.json")["network_def"]["features_3d"][0]
+    assert f"3to2d-c8-e{e}-r8 [front]: " in out.stdout and f"3d-e{e}-r4-n64 [data]: " in out.stdout
+    assert f"3to2d-c1-e{e}-r4-l1 [loss]: " in out.stdout
     assert "38 variants, 3 epochs x 36 steps each" in out.stdout
 
 

@@ -8,8 +8,10 @@ from sparsessp_monai.networks.blocks import (
     Fold3dTo2d,
     Fp32AtDepth2,
     NoCondition,
+    NoZContext,
     TaskFiLM,
     Unfold2dTo3d,
+    ZContext,
 )
 from sparsessp_monai.networks.memory_format import channels_last_3d
 from sparsessp_monai.networks.residual import ResidualSparseSSP
@@ -24,9 +26,11 @@ __all__ = [
     "Fold3dTo2d",
     "Fp32AtDepth2",
     "NoCondition",
+    "NoZContext",
     "ResidualSparseSSP",
     "SparseSSPNet",
     "TaskFiLM",
     "Unfold2dTo3d",
+    "ZContext",
     "channels_last_3d",
 ]

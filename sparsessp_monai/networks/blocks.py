@@ -3,6 +3,8 @@ fp32 fallback of 3D blocks under CPU bf16 autocast."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import ADN, Convolution
@@ -16,8 +18,10 @@ __all__ = [
     "Fold3dTo2d",
     "Fp32AtDepth2",
     "NoCondition",
+    "NoZContext",
     "TaskFiLM",
     "Unfold2dTo3d",
+    "ZContext",
 ]
 
 
@@ -277,3 +281,33 @@ class DynamicHead(nn.Module):
             if layer < len(self.shapes) - 1:
                 y = F.relu(y)
         return y.squeeze(0).unflatten(0, [b, -1])
+
+
+class ZContext(nn.Module):
+    """
+    ``(c, w_1, ..., w_n)``: the 2D decoder's ``c`` channels per slice ``(B, c, D, H, W)`` and the first 3D encoder
+    level ``(B, F3_0, D, H, W)``, concatenated, then 3x3x3 convolutions of widths ``w_1 .. w_n`` (one of width ``c``
+    when ``n = 0``) and ``head`` to the output channels.
+
+    A 2D decoder has separate filters for every output slice; these layers share theirs along Z, as a 3D decoder
+    does everywhere, at the cost of a few narrow 3D convolutions at full resolution.
+    """
+
+    def __init__(self, widths: Sequence[int], skip_channels: int, head: nn.Module, act, norm):
+        super().__init__()
+        outs = [*widths[1:]] or [widths[0]]
+        ins = [widths[0] + skip_channels, *outs[:-1]]
+        self.convs = nn.Sequential(
+            *[Convolution(3, c_in, c_out, kernel_size=3, act=act, norm=norm) for c_in, c_out in zip(ins, outs)]
+        )
+        self.head = head
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
+        return self.head(self.convs(torch.cat([x, skip], dim=1)), task)
+
+
+class NoZContext(nn.Module):
+    """No full-resolution 3D stage: returns the unfolded output as it is (no parameters, no state_dict keys)."""
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
+        return x

@@ -16,8 +16,10 @@ from sparsessp_monai.networks.blocks import (
     Fold3dTo2d,
     Fp32AtDepth2,
     NoCondition,
+    NoZContext,
     TaskFiLM,
     Unfold2dTo3d,
+    ZContext,
 )
 
 __all__ = ["TOPOLOGIES", "SparseSSPNet", "level_depths", "z_strides"]
@@ -154,36 +156,6 @@ class _StaticHead(nn.Module):
 
     def forward(self, x: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
         return self.conv(x)
-
-
-class _ZContext(nn.Module):
-    """
-    ``(c, w_1, ..., w_n)``: the 2D decoder's ``c`` channels per slice ``(B, c, D, H, W)`` and the first 3D encoder
-    level ``(B, F3_0, D, H, W)``, concatenated, then 3x3x3 convolutions of widths ``w_1 .. w_n`` (one of width ``c``
-    when ``n = 0``) and ``head`` to the output channels.
-
-    A 2D decoder has separate filters for every output slice; these layers share theirs along Z, as a 3D decoder
-    does everywhere, at the cost of a few narrow 3D convolutions at full resolution.
-    """
-
-    def __init__(self, widths: Sequence[int], skip_channels: int, head: nn.Module, act, norm):
-        super().__init__()
-        outs = [*widths[1:]] or [widths[0]]
-        ins = [widths[0] + skip_channels, *outs[:-1]]
-        self.convs = nn.Sequential(
-            *[Convolution(3, c_in, c_out, kernel_size=3, act=act, norm=norm) for c_in, c_out in zip(ins, outs)]
-        )
-        self.head = head
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
-        return self.head(self.convs(torch.cat([x, skip], dim=1)), task)
-
-
-class _NoZContext(nn.Module):
-    """No full-resolution 3D stage: returns the unfolded output as it is (no parameters, no state_dict keys)."""
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
-        return x
 
 
 class SparseSSPNet(nn.Module):
@@ -398,16 +370,16 @@ class SparseSSPNet(nn.Module):
 
     def get_z_context(self) -> nn.Module:
         """
-        Full-resolution 3D stage of a 3to2d network (:class:`_ZContext`) for ``z_context``; without it, a module
+        Full-resolution 3D stage of a 3to2d network (:class:`ZContext`) for ``z_context``; without it, a module
         that returns the unfolded output unchanged.
         """
         if not self.z_context:
-            return _NoZContext()
+            return NoZContext()
         if self.dynamic:
             head: nn.Module = DynamicHead(3, self.z_context[-1], self.head_channels, self.num_tasks)
         else:
             head = _StaticHead(3, self.z_context[-1], self.head_channels)
-        return _ZContext(self.z_context, self.enc_widths[0], head, self.act, self.norm)
+        return ZContext(self.z_context, self.enc_widths[0], head, self.act, self.norm)
 
     def get_z_upsample(self) -> nn.Module:
         """Suffix z-mapping: ``(B, C_h, D_in, H, W) -> (B, out_channels, depth, H, W)``; identity for prefix."""
