@@ -154,9 +154,10 @@ def check_bars(
         name = f"3to2d >= 3d (same encoder) in R2 at r={ratio}, fp32 train step <= {max_time_ratio:g}x"
         at = [r for r in own if int(r["ratio"]) == ratio]
         default = next((r for r in at if _is_true(r.get("default"))), None)
-        method = default if default is not None and default["topology"] == "3to2d" else next(
-            (r for r in at if default is not None and r["topology"] == "3to2d" and _is_true(r.get("baseline", True))
-             and str(r.get("features_3d")) == str(default.get("features_3d"))), None)
+        method = default
+        if default is not None and default["topology"] != "3to2d":
+            method = next((r for r in at if r["topology"] == "3to2d" and _is_true(r.get("baseline", True))
+                           and str(r.get("features_3d")) == str(default.get("features_3d"))), None)
         rival = None if method is None else next(
             (r for r in at if r["topology"] == "3d" and _is_true(r.get("baseline", True))
              and str(r.get("features_3d")) == str(method.get("features_3d"))), None)

@@ -23,15 +23,10 @@ STAGES = ("data", "forward", "loss", "backward", "optimizer", "handlers")
 
 def gemm_gflops(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
     """Median GFLOP/s of a ``size x size`` matrix product with this process's threads (the machine's GEMM rate)."""
+    from sparsessp_monai.experiments.benchmarking import median_time
+
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * size**3 / statistics.median(times) / 1e9
+    return 2 * size**3 / median_time(lambda: a @ b, torch.device("cpu"), warmup=2, repeats=repeats) / 1e9
 
 
 def _usage() -> tuple[float, float, int]:
