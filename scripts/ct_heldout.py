@@ -1,20 +1,25 @@
 """
 Held-out check of thin-slice reconstruction on a real volume: train the CT/MR bundle config at ratio r on one axial
-slab of the MNI ICBM152 T1 template and compare the model with trilinear and cubic-spline interpolation of the same
-sparse slices on a disjoint slab (a gap of ``--gap`` mm between them), with the bundle's own evaluation.
+slab of a real thin-slice volume and compare the model with trilinear and cubic-spline interpolation of the same
+sparse slices on a disjoint slab (a gap of ``--gap`` slices between them), with the bundle's own evaluation.
 
 The slabs are written as NIfTI files with their exact affines into ``--work_dir``; training and evaluation are the
 user commands (``ct_train.json`` merged on ``train.json``, then ``evaluate.json`` + ``ct_evaluate.json`` on top) run
-in-process with overrides.
-Model selection never looks at the held-out slab: there is no validation during training and the final weights
-(``checkpoint_final.pt``) are evaluated.
+in-process. Every training option left out keeps the config's value, so without them the run is the default CT
+command on the training slab. Model selection never looks at the held-out slab: there is no validation during
+training and the final weights (``checkpoint_final.pt``) are evaluated.
 
-Example (about 10 minutes on an idle 2-core CPU)::
+Examples (docs/ct.md has the figures and how long they take)::
 
-    python scripts/ct_heldout.py --work_dir runs/ct_heldout
+    # the real chest CT (2 mm slices): r = 4 (8 mm -> 2 mm), training slab = the inferior 90 slices
+    python scripts/ct_heldout.py --volume ../shared/data/ct/chest_ct_2mm_141sl_HU.nii.gz --modality CT \\
+        --ratio 4 --train_slices 90 --work_dir runs/ct_chest_r4
+    # the MNI T1 template (1 mm isotropic, so depth swaps are allowed)
+    python scripts/ct_heldout.py --modality MR --depth_swap_prob 0.5 --work_dir runs/ct_heldout
 
-Prints the per-method means and the PSNR margin of the model over cubic interpolation on the non-acquired slices
-(and on all slices); exits non-zero when the input volume is missing or unusable.
+Prints the per-method means, the model's margins over both interpolations on the non-acquired slices and whether
+it beats both on PSNR, SSIM and MAE; writes ``WORK/result.json``. Exits with 2 and one line when the input volume
+is missing or too small for the split.
 """
 
 from __future__ import annotations
@@ -30,11 +35,20 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_VOLUME = REPO.parent / "shared" / "data" / "mri" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 CONFIGS = REPO / "bundle" / "configs"
+# the bundle's `loss` id as a config expression
+LOSSES = {
+    "mse": "$torch.nn.MSELoss()",
+    "l1": "$torch.nn.L1Loss()",
+    "mse+ssim": "$sparsessp_monai.ct.SliceSSIMMSELoss(ssim_weight=@ssim_weight, depth_axis=@depth_axis)",
+}
 
 
-def write_slabs(volume: Path, out: Path, train_slices: int, gap: int, ratio: int) -> dict[str, list[dict[str, str]]]:
-    """Write the inferior ``train_slices`` axial slices and, after ``gap`` slices, the rest (trimmed to a multiple of
-    ``ratio``) as two NIfTI volumes with their world affines; returns the datalist."""
+def write_slabs(
+    volume: Path, out: Path, train_slices: int, gap: int, ratio: int, train_side: str = "inferior"
+) -> dict[str, list[dict[str, str]]]:
+    """Write the ``train_slices`` axial slices at the ``train_side`` end ("inferior" or "superior") and, after
+    ``gap`` slices, the rest (trimmed to a multiple of ``ratio``) as two NIfTI volumes with their world affines;
+    returns the datalist."""
     import nibabel as nib
 
     img = nib.load(str(volume))
@@ -48,6 +62,9 @@ def write_slabs(volume: Path, out: Path, train_slices: int, gap: int, ratio: int
     depth = data.shape[axis]
     # storage index of the k-th slice counted from the inferior end
     inferior = np.arange(depth) if codes[axis] == "S" else np.arange(depth)[::-1]
+    if train_side not in ("inferior", "superior"):
+        raise ValueError(f"train_side must be 'inferior' or 'superior', got {train_side!r}.")
+    order = inferior if train_side == "inferior" else inferior[::-1]
     test_start = train_slices + gap
     test_depth = (depth - test_start) // ratio * ratio
     if train_slices < 32 or test_depth < 32:
@@ -55,7 +72,7 @@ def write_slabs(volume: Path, out: Path, train_slices: int, gap: int, ratio: int
     out.mkdir(parents=True, exist_ok=True)
     items = {}
     for name, start, count in (("train", 0, train_slices), ("heldout", test_start, test_depth)):
-        idx = np.sort(inferior[start : start + count])
+        idx = np.sort(order[start : start + count])
         shift = np.eye(4)
         shift[axis, 3] = idx[0]
         slab = nib.Nifti1Image(np.take(data, idx, axis=axis), img.affine @ shift)
@@ -66,6 +83,29 @@ def write_slabs(volume: Path, out: Path, train_slices: int, gap: int, ratio: int
     return datalist
 
 
+# training options of this script -> the config ids they override; None (the default) keeps the config's value.
+# --prefix_mode and --patch are set for training and evaluation alike (see `common` in main)
+TRAIN_OPTIONS = {
+    "epochs": "train#trainer#max_epochs",
+    "epoch_length": "min_epoch_length",
+    "samples": "samples_per_volume",
+    "lr": "learning_rate",
+    "depth_swap_prob": "depth_swap_prob",
+    "ssim_weight": "ssim_weight",
+}
+BASELINES = ("trilinear", "cubic")
+
+
+def margins(summary: dict[str, float], subset: str = "missing") -> dict[str, dict[str, float]]:
+    """Model minus each baseline per metric on ``subset``, signed so that a positive margin means the model is
+    better (PSNR and SSIM higher, MAE lower)."""
+    sign = {"psnr": 1.0, "ssim": 1.0, "mae": -1.0}
+    return {
+        b: {m: sign[m] * (summary[f"model_{m}_{subset}"] - summary[f"{b}_{m}_{subset}"]) for m in sign}
+        for b in BASELINES
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the held-out experiment; returns the process exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -73,56 +113,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work_dir", type=Path, default=REPO / "runs" / "ct_heldout")
     parser.add_argument("--modality", default="MR", choices=("CT", "MR"))
     parser.add_argument("--ratio", type=int, default=4)
-    parser.add_argument("--train_slices", type=int, default=112, help="inferior slices used for training")
+    parser.add_argument("--train_slices", type=int, default=112, help="slices of the training slab")
     parser.add_argument("--gap", type=int, default=8, help="slices left out between the training and held-out slabs")
-    parser.add_argument("--epochs", type=int, default=1500, help="epochs (one step of --samples patches each)")
-    parser.add_argument("--samples", type=int, default=8, help="random patches per epoch, one batch")
-    parser.add_argument("--patch", type=int, nargs=3, default=(32, 64, 64), help="training patch (S, P, L)")
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--prefix_mode", default="cubic", choices=("cubic", "trilinear"))
     parser.add_argument(
+        "--train_side",
+        default="inferior",
+        choices=("inferior", "superior"),
+        help="end of the volume the training slab is taken from; the held-out slab is at the other end",
+    )
+    group = parser.add_argument_group("training (default: the value in ct_train.json / train.json)")
+    group.add_argument("--epochs", type=int, help="epochs (train#trainer#max_epochs)")
+    group.add_argument("--epoch_length", type=int, help="least optimiser steps per epoch (min_epoch_length)")
+    group.add_argument("--samples", type=int, help="random patches per volume and step (samples_per_volume)")
+    group.add_argument("--patch", type=int, nargs=3, help="training patch (S, P, L) (patch_size)")
+    group.add_argument("--lr", type=float, help="peak learning rate of the cosine schedule (learning_rate)")
+    group.add_argument("--prefix_mode", choices=("cubic", "trilinear"), help="interpolation the model corrects")
+    group.add_argument("--loss", choices=tuple(LOSSES), help="training loss (loss; the config's is mse+ssim)")
+    group.add_argument("--ssim_weight", type=float, help="weight of the SSIM term of the mse+ssim loss")
+    group.add_argument(
         "--depth_swap_prob",
         type=float,
-        default=0.5,
         help="probability of training on a patch whose depth axis is the sagittal or coronal one (isotropic data)",
     )
     args = parser.parse_args(argv)
 
     if not args.volume.is_file():
-        print(f"error: {args.volume} not found (the MNI template lives in ../shared/data/mri/).", file=sys.stderr)
+        print(f"error: {args.volume} not found (the real volumes live in ../shared/data/).", file=sys.stderr)
         return 2
     from monai.bundle import run
 
     data_dir, root = args.work_dir / "data", args.work_dir / "bundle"
     try:
-        write_slabs(args.volume, data_dir, args.train_slices, args.gap, args.ratio)
+        write_slabs(args.volume, data_dir, args.train_slices, args.gap, args.ratio, args.train_side)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    common = {
-        "bundle_root": str(root),
-        "dataset_dir": str(data_dir),
-        "modality": args.modality,
-        "ratio": args.ratio,
-        "prefix_mode": args.prefix_mode,
-        "patch_size": list(args.patch),
-        "val_roi_size": [args.patch[0], 96, 96],
-    }
+    common = {"bundle_root": str(root), "dataset_dir": str(data_dir), "modality": args.modality, "ratio": args.ratio}
+    if args.prefix_mode is not None:  # the evaluation must correct the same interpolation as the training
+        common["prefix_mode"] = args.prefix_mode
+    if args.patch is not None:  # the network's depth is the patch depth: the evaluation windows follow it
+        common["patch_size"] = list(args.patch)
+        common["val_roi_size"] = [args.patch[0], 96, 96]
+    overrides = {cid: getattr(args, opt) for opt, cid in TRAIN_OPTIONS.items() if getattr(args, opt) is not None}
+    if args.loss is not None:
+        overrides["loss"] = LOSSES[args.loss]
+    # never validate on the held-out slab during training: nothing is selected on it
+    overrides["val_interval"] = 10**9
     start = time.perf_counter()
-    run(
-        "training",
-        config_file=[str(CONFIGS / c) for c in ("train.json", "ct_train.json")],
-        **common,
-        **{
-            "train#trainer#max_epochs": args.epochs,
-            "val_interval": args.epochs + 1,  # never validate on the held-out slab during training
-            "samples_per_volume": args.samples,
-            "batch_size": 1,  # one volume per step: its --samples patches are the batch
-            "learning_rate": args.lr,
-            "ckpt_interval": args.epochs,
-            "depth_swap_prob": args.depth_swap_prob,
-        },
-    )
+    run("training", config_file=[str(CONFIGS / c) for c in ("train.json", "ct_train.json")], **common, **overrides)
     train_s = time.perf_counter() - start
     run(
         "evaluating",
@@ -132,17 +170,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     summary = json.loads((root / "eval" / "ct" / "thin_slice_summary.json").read_text())
     unit = "HU" if args.modality == "CT" else "intensity units"
-    print(f"\nheld-out slab, ratio {args.ratio}, {args.epochs} epochs x {args.samples} patches, train {train_s:.0f} s")
+    print(f"\nheld-out slab, ratio {args.ratio}, training overrides {overrides}, train {train_s:.0f} s")
     print(f"{'method':<10} {'subset':<8} {'PSNR dB':>8} {'SSIM':>7} {'MAE ' + unit:>22}")
     for subset in ("missing", "all"):
-        for method in ("model", "trilinear", "cubic"):
+        for method in ("model", *BASELINES):
             print(
                 f"{method:<10} {subset:<8} {summary[f'{method}_psnr_{subset}']:8.3f} "
                 f"{summary[f'{method}_ssim_{subset}']:7.4f} {summary[f'{method}_mae_{subset}']:22.3f}"
             )
-    for subset in ("missing", "all"):
-        margin = summary[f"psnr_{subset}_model_minus_cubic"]
-        print(f"PSNR margin model - cubic ({subset} slices): {margin:+.3f} dB")
+    won = margins(summary)
+    for baseline, m in won.items():
+        print(
+            f"model vs {baseline} (missing slices; > 0: model better): PSNR {m['psnr']:+.3f} dB, "
+            f"SSIM {m['ssim']:+.4f}, MAE {m['mae']:+.3f} {unit}"
+        )
+    beats = all(v > 0 for m in won.values() for v in m.values())
+    print(f"model beats both interpolations on PSNR, SSIM and MAE: {'yes' if beats else 'no'}")
+    result = {"argv": sys.argv[1:] if argv is None else list(argv), "train_seconds": train_s, "overrides": overrides,
+              "summary": summary, "margins_missing": won, "beats_both": beats}  # fmt: skip
+    (args.work_dir / "result.json").write_text(json.dumps(result, indent=2))
     return 0
 
 

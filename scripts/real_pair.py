@@ -234,11 +234,13 @@ def train(
     patch: Sequence[int],
     roi: Sequence[int],
     samples: int,
-    learning_rate: float,
+    learning_rate: float | None,
     pretrained: str | os.PathLike | None = None,
+    seed: int | None = None,
 ) -> str:
     """``training`` with train.json on ``data_dir/datalist_train.json`` into ``bundle_root`` (one step of
-    ``samples`` random patches per epoch, no validation); returns the command line."""
+    ``samples`` random patches per epoch, no validation); ``learning_rate`` and ``seed`` None keep train.json's;
+    returns the command line."""
     overrides = {
         **common_overrides(bundle_root, ratio, patch, roi),
         "dataset_dir": str(data_dir),
@@ -247,8 +249,11 @@ def train(
         "val_interval": int(epochs) + 1,  # never validate: nothing is selected, the final weights are evaluated
         "ckpt_interval": int(epochs),
         "samples_per_volume": int(samples),
-        "learning_rate": float(learning_rate),
     }
+    if learning_rate is not None:
+        overrides["learning_rate"] = float(learning_rate)
+    if seed is not None:
+        overrides["seed"] = int(seed)
     if pretrained is not None:
         overrides["pretrained_weights"] = str(pretrained)
     return run_bundle("training", [CONFIGS / "train.json"], overrides)
@@ -340,7 +345,9 @@ def run_one(args: argparse.Namespace, data_dir: Path, ratio: int, init: str, roi
     else:
         start = time.perf_counter()
         weights = args.pretrained if init == "fine-tuned" else None
-        record["train"] = train(root, data_dir, ratio, args.epochs, args.patch, roi, args.samples, args.lr, weights)
+        record["train"] = train(
+            root, data_dir, ratio, args.epochs, args.patch, roi, args.samples, args.lr, weights, args.seed
+        )
         record["train_wall_s"] = time.perf_counter() - start
         ckpt = root / "models" / "checkpoint_final.pt"
     scores, record["evaluate"] = evaluate(root, data_dir, ratio, ckpt, args.patch, roi)
@@ -472,7 +479,12 @@ def main(argv: list[str] | None = None) -> int:
     pair.add_argument("--epochs", type=int, default=300, help="epochs, one step of --samples patches each")
     pair.add_argument("--samples", type=int, default=4, help="random patches per step")
     pair.add_argument("--patch", type=int, nargs=3, default=[32, 64, 64], help="training patch (Z, Y, X)")
-    pair.add_argument("--lr", type=float, default=2e-3, help="learning rate (cosine schedule), both inits")
+    pair.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (cosine), both inits; default: train.json's"
+    )
+    pair.add_argument(
+        "--seed", type=int, default=None, help="train.json's seed (augmentation, initialisation); default: its own"
+    )
     pair.add_argument(
         "--inits",
         nargs="+",

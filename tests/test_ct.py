@@ -24,6 +24,7 @@ from monai.transforms import Compose, LoadImaged, Orientationd
 from sparsessp_monai.ct import (
     InverseWindowd,
     KeepAcquiredSlicesd,
+    SliceSSIMMSELoss,
     WindowIntensityd,
     acquired_mask,
     ct_datalist,
@@ -128,6 +129,27 @@ def test_reconstruction_scores_by_hand() -> None:
     assert s["missing"]["ssim"] < 1.0 and s["all"]["ssim"] > s["missing"]["ssim"]
     same = reconstruction_scores(target, target, acquired)
     assert same["all"]["ssim"] == pytest.approx(1.0, abs=1e-5) and same["all"]["mae"] == 0
+
+
+def test_slice_ssim_mse_loss_is_mse_plus_the_evaluated_slice_ssim() -> None:
+    torch.manual_seed(0)
+    target = torch.rand(2, 1, 6, 20, 24)
+    pred = (target + 0.1 * torch.randn_like(target)).clamp(0, 1).requires_grad_(True)
+    mse = torch.nn.functional.mse_loss(pred.detach(), target)
+    assert float(SliceSSIMMSELoss(ssim_weight=0.0)(pred, target).detach()) == pytest.approx(float(mse))
+    # the SSIM term is 1 - the mean 2D SSIM of the depth slices, as reconstruction_scores measures it (7x7 window)
+    every = torch.ones(6, dtype=torch.bool)
+    ssim = [reconstruction_scores(pred[b].detach(), target[b], ~every)["all"]["ssim"] for b in range(2)]
+    loss = SliceSSIMMSELoss(ssim_weight=0.5)(pred, target)
+    assert float(loss.detach()) == pytest.approx(float(mse) + 0.5 * (1 - sum(ssim) / 2), rel=1e-4)
+    loss.backward()
+    assert pred.grad is not None and float(pred.grad.abs().sum()) > 0
+    assert float(SliceSSIMMSELoss(ssim_weight=0.5)(target, target)) == pytest.approx(0.0, abs=1e-5)
+    # slices are taken across the depth axis: moving depth to the last axis gives the same value with depth_axis=2
+    moved = SliceSSIMMSELoss(ssim_weight=0.5, depth_axis=2)(pred.movedim(2, 4), target.movedim(2, 4))
+    assert float(moved.detach()) == pytest.approx(float(loss.detach()), rel=1e-5)
+    with pytest.raises(ValueError, match="one shape"):
+        SliceSSIMMSELoss()(pred, target[:, :, :4])
 
 
 def test_keep_acquired_slices_copies_measured_values_only() -> None:

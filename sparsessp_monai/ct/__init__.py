@@ -6,6 +6,7 @@ the ``bundle/configs/ct_*.json`` configs. The thin grid (and the cubic / triline
 
 from sparsessp_monai.ct.data import NIFTI_SUFFIXES, ct_datalist, write_sparse_nifti
 from sparsessp_monai.ct.evaluation import METRICS, SUBSETS, reconstruction_scores
+from sparsessp_monai.ct.losses import SliceSSIMMSELoss
 from sparsessp_monai.ct.transforms import (
     MODALITIES,
     WINDOW_KEY,
@@ -29,6 +30,7 @@ __all__ = [
     "CheckVolumed",
     "InverseWindowd",
     "KeepAcquiredSlicesd",
+    "SliceSSIMMSELoss",
     "WindowIntensityd",
     "acquired_mask",
     "ct_datalist",

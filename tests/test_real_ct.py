@@ -1,0 +1,98 @@
+"""
+The real chest CT of ../shared/data/ct through scripts/ct_heldout.py: the slab split (disjoint, with its gap, exact
+world affines, either end) and the whole train-then-evaluate command on an in-plane crop of the real volume.
+Skips with the reason where ../shared/data is absent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CHEST = REPO.parent / "shared" / "data" / "ct" / "chest_ct_2mm_141sl_HU.nii.gz"
+_spec = importlib.util.spec_from_file_location("ct_heldout", REPO / "scripts" / "ct_heldout.py")
+ct_heldout = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ct_heldout)
+
+pytestmark = pytest.mark.skipif(not CHEST.is_file(), reason=f"real chest CT not available: {CHEST}")
+
+
+def _superior_mm(img: nib.Nifti1Image) -> np.ndarray:
+    """World S coordinate (mm, RAS+) of every axial slice, in storage order."""
+    axis = next(i for i, c in enumerate(nib.aff2axcodes(img.affine)) if c in ("S", "I"))
+    index = np.zeros((img.shape[axis], 4))
+    index[:, axis] = np.arange(img.shape[axis])
+    index[:, 3] = 1
+    return (img.affine @ index.T)[2]
+
+
+@pytest.fixture(scope="module")
+def chest_crop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 128 x 128 in-plane crop (125 mm, around the mediastinum) of the real volume, all 141 slices: keeps the
+    commands short."""
+    full = nib.load(str(CHEST))
+    crop = full.slicer[192:320, 192:320, :]
+    path = tmp_path_factory.mktemp("chest") / "chest_crop.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(crop.dataobj, dtype=np.int16), crop.affine), str(path))
+    return path
+
+
+@pytest.mark.parametrize("side", ["inferior", "superior"])
+def test_slabs_are_disjoint_real_slices_with_the_gap(chest_crop: Path, tmp_path: Path, side: str) -> None:
+    datalist = ct_heldout.write_slabs(chest_crop, tmp_path, train_slices=90, gap=8, ratio=4, train_side=side)
+    assert datalist == {"training": [{"image": "train.nii.gz"}], "validation": [{"image": "heldout.nii.gz"}]}
+    full = nib.load(str(chest_crop))
+    train, held = nib.load(str(tmp_path / "train.nii.gz")), nib.load(str(tmp_path / "heldout.nii.gz"))
+    z_full, z_train, z_held = _superior_mm(full), _superior_mm(train), _superior_mm(held)
+    assert len(z_train) == 90 and len(z_held) == 40  # 141 - 98 = 43 slices, trimmed to a multiple of 4
+    # the gap: 8 slices of 2 mm between the slabs, the training slab at the requested end
+    if side == "inferior":
+        assert z_held.min() - z_train.max() == pytest.approx(9 * 2.0, abs=1e-3)
+        assert z_train.min() == pytest.approx(z_full.min(), abs=1e-3)
+    else:
+        assert z_train.min() - z_held.max() == pytest.approx(9 * 2.0, abs=1e-3)
+        assert z_train.max() == pytest.approx(z_full.max(), abs=1e-3)
+    # every slab slice is the real slice at the same world position
+    data = np.asarray(full.dataobj)
+    axis = next(i for i, c in enumerate(nib.aff2axcodes(full.affine)) if c in ("S", "I"))
+    for slab, z in ((train, z_train), (held, z_held)):
+        assert nib.aff2axcodes(slab.affine) == nib.aff2axcodes(full.affine)
+        src = [int(np.argmin(np.abs(z_full - zi))) for zi in z]
+        np.testing.assert_array_equal(np.asarray(slab.dataobj), np.take(data, src, axis=axis))
+
+
+def test_heldout_command_trains_and_scores_model_against_both_interpolations(
+    chest_crop: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    work = tmp_path / "work"
+    argv = ["--volume", str(chest_crop), "--work_dir", str(work), "--modality", "CT", "--ratio", "2",
+            "--train_slices", "90", "--gap", "8", "--epochs", "2", "--epoch_length", "1", "--samples", "1",
+            "--patch", "16", "32", "32", "--loss", "mse+ssim", "--prefix_mode", "cubic"]  # fmt: skip
+    assert ct_heldout.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "held-out slab, ratio 2" in out and "model vs cubic (missing slices" in out
+    assert "beats both interpolations on PSNR, SSIM and MAE: " in out
+    result = json.loads((work / "result.json").read_text())
+    assert result["overrides"]["train#trainer#max_epochs"] == 2 and result["overrides"]["min_epoch_length"] == 1
+    assert set(result["margins_missing"]) == {"trilinear", "cubic"}
+    assert "prefix_mode" not in result["overrides"]  # set for both commands, not as a training override
+    summary = json.loads((work / "bundle" / "eval" / "ct" / "thin_slice_summary.json").read_text())
+    for method in ("model", "trilinear", "cubic"):
+        assert 15 < summary[f"{method}_psnr_missing"] < 60
+        assert 0 < summary[f"{method}_ssim_missing"] <= 1
+        assert 0 < summary[f"{method}_mae_missing"] < 300  # HU
+    # the final weights of the two epochs were evaluated, not a checkpoint selected on the held-out slab
+    assert (work / "bundle" / "models" / "ct" / "checkpoint_final.pt").is_file()
+    assert not (work / "bundle" / "models" / "ct" / "model.pt").exists()
+
+
+def test_heldout_command_refuses_a_missing_volume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert ct_heldout.main(["--volume", str(tmp_path / "absent.nii.gz"), "--work_dir", str(tmp_path / "w")]) == 2
+    assert "absent.nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
