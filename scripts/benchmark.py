@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
+from sparsessp_monai.engines import keep_freed_memory  # noqa: E402
 from sparsessp_monai.experiments import benchmarking as bm  # noqa: E402
 from sparsessp_monai.experiments.profiling import gemm_gflops  # noqa: E402
 from sparsessp_monai.io.publish import atomic_write_text  # noqa: E402
@@ -101,10 +102,17 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 
 def inference_settings(args: argparse.Namespace) -> dict:
-    """roi, overlap and sliding-window batch of the inference config (the roi follows the patch in quick mode)."""
+    """roi, overlap, sliding-window batch and stitching (MONAI's or slab-wise) of the inference config (the roi
+    follows the patch in quick mode)."""
     cfg = bm.load_config(args.inference_config)
     roi = list(cfg["roi_size"]) if not args.quick else [8, 32, 32]
-    return {"roi_size": roi, "overlap": float(cfg["overlap"]), "sw_batch_size": int(cfg["sw_batch_size"])}
+    slab = cfg["inferer"]["inferer"]["_target_"].endswith("SlabSlidingWindowInferer")
+    return {
+        "roi_size": roi,
+        "overlap": float(cfg["overlap"]),
+        "sw_batch_size": int(cfg["sw_batch_size"]),
+        "slab": slab,
+    }
 
 
 def make_network(args: argparse.Namespace, topology: str, device: torch.device) -> torch.nn.Module:
@@ -169,6 +177,7 @@ def measure_volume(args: argparse.Namespace, topology: str, precision: str, devi
         settings["roi_size"],
         settings["overlap"],
         settings["sw_batch_size"],
+        slab=settings["slab"],
         warmup=warmup,
         repeats=args.volume_repeats,
     )
@@ -237,6 +246,7 @@ def measure_bf16_accuracy(args: argparse.Namespace, checkpoint: str, device: tor
 def worker(args: argparse.Namespace) -> dict:
     """Run one measurement described by ``--worker`` JSON in this (fresh) process."""
     job = json.loads(args.worker)
+    keep_freed_memory()  # as the bundle's configs do first in `initialize`
     torch.set_num_threads(args.threads)
     device = bm.resolve_device(args.device)
     if job["kind"] == "patch":

@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     pair.add_argument("--dna", type=Path, default=DNA, help="DNA fluorescence volume")
     pair.add_argument("--pretrained", type=Path, default=None, help="model.pt to fine-tune and to score zero-shot")
     pair.add_argument("--ratios", type=int, nargs="+", default=[1, 2, 4])
-    pair.add_argument("--epochs", type=int, default=300, help="epochs, one step of --samples patches each")
+    pair.add_argument("--epochs", type=int, default=150, help="epochs, one step of --samples patches each")
     pair.add_argument("--samples", type=int, default=4, help="random patches per step")
     pair.add_argument("--patch", type=int, nargs=3, default=[32, 64, 64], help="training patch (Z, Y, X)")
     pair.add_argument(

@@ -1,15 +1,24 @@
-"""Inferers: run any MONAI inferer with the network under ``torch.autocast`` (bf16 on CPU or CUDA)."""
+"""
+Inferers: run any MONAI inferer with the network under ``torch.autocast`` (bf16 on CPU or CUDA), and Gaussian
+sliding windows one slab at a time for volumes too large for a full-size weight map.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
-from monai.inferers import Inferer
+from monai.data.utils import compute_importance_map
+from monai.inferers import Inferer, SlidingWindowInferer
+from monai.utils import BlendMode, convert_to_dst_type, ensure_tuple_rep, look_up_option, optional_import
 
 from sparsessp_monai.engines.bundle_utils import as_bool
 
-__all__ = ["AutocastInferer"]
+tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
+
+__all__ = ["AutocastInferer", "SlabSlidingWindowInferer"]
 
 
 class AutocastInferer(Inferer):
@@ -39,3 +48,127 @@ class AutocastInferer(Inferer):
                 return network(x, *a, **k).float()
 
         return self.inferer(inputs, autocast_forward, *args, **kwargs)
+
+
+def _window_starts(size: int, roi: int, overlap: float) -> list[int]:
+    """Window starts along one axis, as MONAI's ``dense_patch_slices`` places them (the last one flush with the end)."""
+    if roi >= size:
+        return [0]
+    interval = max(int(roi * (1 - overlap)), 1)
+    count = next(i for i in range(math.ceil(size / interval)) if i * interval + roi >= size) + 1
+    return [min(i * interval, size - roi) for i in range(count)]
+
+
+def _finalise(out: torch.Tensor, ring: torch.Tensor, start: int, stop: int) -> int:
+    """Divide output slices ``[start, stop)`` by their weight sums (ring entry ``k % depth``) in place, one slice at a
+    time (no temporaries), and clear those ring entries for the slices one window depth further on."""
+    depth = ring.shape[0]
+    for k in range(start, stop):
+        out[:, :, k] /= ring[k % depth]
+        ring[k % depth] = 0
+    return stop
+
+
+class SlabSlidingWindowInferer(Inferer):
+    """
+    Sliding-window inference with MONAI's windows and weights (:class:`~monai.inferers.SlidingWindowInferer`: the
+    same window positions, importance map and weighted average, so the same result up to float rounding and the
+    same compute), stitched one slab of depth at a time. MONAI keeps a weight sum the size of the whole output
+    (one more output-sized volume: 512 MiB for 128 x 1024 x 1024 in float32); here windows are visited depth-major
+    and the weight sum is a ring of one window depth: once the windows starting at depth ``s`` are reached, every
+    slice above ``s`` is final and is divided in place.
+
+    Args:
+        roi_size: window size ``(D, H, W)``.
+        sw_batch_size: windows per network call (within one depth position).
+        overlap: overlap of neighbouring windows, one value or one per axis, as in MONAI.
+        mode: window weight, ``"gaussian"`` or ``"constant"``, as in MONAI.
+        sigma_scale: Gaussian sigma as a fraction of the window size, one value or one per axis, as in MONAI.
+        sw_device: device of the network calls (default: the input's).
+        device: device of the stitched output (default: the input's).
+        progress: a progress bar over the depth positions (needs tqdm).
+
+    Shapes: ``inputs`` ``(B, C, D, H, W)`` with ``H, W`` at least the window's (smaller inputs, or inputs no deeper
+    than one window, go to MONAI's inferer as they are); the network maps ``(b, C, d, h, w)`` windows to
+    ``(b, C', d, h, w)``; returns ``(B, C', D, H, W)``, a MetaTensor with the input's meta when the input is one.
+    """
+
+    def __init__(
+        self,
+        roi_size: Sequence[int],
+        sw_batch_size: int = 1,
+        overlap: Sequence[float] | float = 0.25,
+        mode: str = "gaussian",
+        sigma_scale: Sequence[float] | float = 0.125,
+        sw_device: torch.device | str | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> None:
+        super().__init__()
+        self.mode = look_up_option(mode, BlendMode)
+        self.roi_size = tuple(int(r) for r in roi_size)
+        if len(self.roi_size) != 3:
+            raise ValueError(f"roi_size must have 3 entries (D, H, W), got {roi_size}.")
+        self.overlap = tuple(float(o) for o in ensure_tuple_rep(overlap, 3))
+        if not all(0 <= o < 1 for o in self.overlap):
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
+        self.sigma_scale = tuple(float(s) for s in ensure_tuple_rep(sigma_scale, 3))
+        self.sw_batch_size = max(int(sw_batch_size), 1)
+        self.sw_device, self.device = sw_device, device
+        self.progress = as_bool(progress)
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        if inputs.ndim != 5:
+            raise ValueError(f"inputs must be (B, C, D, H, W), got {tuple(inputs.shape)}.")
+        size = tuple(int(n) for n in inputs.shape[2:])
+        if size[0] <= self.roi_size[0] or any(n < r for n, r in zip(size[1:], self.roi_size[1:])):
+            # one depth position, or padding needed: nothing to save, MONAI's inferer as it is
+            monai_inferer = SlidingWindowInferer(
+                roi_size=list(self.roi_size),
+                sw_batch_size=self.sw_batch_size,
+                overlap=list(self.overlap),
+                mode=self.mode,
+                sigma_scale=list(self.sigma_scale),
+                sw_device=self.sw_device,
+                device=self.device,
+            )
+            return monai_inferer(inputs, network, *args, **kwargs)
+        sw_device = torch.device(self.sw_device) if self.sw_device is not None else inputs.device
+        device = torch.device(self.device) if self.device is not None else inputs.device
+        raw = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
+        roi_d, roi_h, roi_w = self.roi_size
+        starts = [_window_starts(n, r, o) for n, r, o in zip(size, self.roi_size, self.overlap)]
+        plane = [(y, x) for y in starts[1] for x in starts[2]]
+        weight = compute_importance_map(
+            self.roi_size, mode=self.mode, sigma_scale=self.sigma_scale, device=device, dtype=torch.float32
+        )
+        out = ring = None
+        done = 0  # slices [0, done) of out are final
+        for z in tqdm(starts[0], desc="depth") if self.progress and has_tqdm else starts[0]:
+            if out is not None:  # no later window reaches above z: those slices are final
+                done = _finalise(out, ring, done, z)
+            for i in range(0, len(plane), self.sw_batch_size):
+                batch = plane[i : i + self.sw_batch_size]
+                windows = torch.cat([raw[:, :, z : z + roi_d, y : y + roi_h, x : x + roi_w] for y, x in batch]).to(
+                    sw_device
+                )
+                pred = network(windows, *args, **kwargs)
+                pred = (pred.as_tensor() if hasattr(pred, "as_tensor") else pred).to(device, torch.float32)
+                if pred.shape[2:] != windows.shape[2:]:
+                    raise ValueError(
+                        f"the network maps {tuple(windows.shape[2:])} windows to {tuple(pred.shape[2:])}: "
+                        "this inferer needs the output grid of the input (use MONAI's SlidingWindowInferer)."
+                    )
+                if out is None:
+                    out = torch.zeros((raw.shape[0], pred.shape[1], *size), dtype=torch.float32, device=device)
+                    ring = torch.zeros((roi_d, *size[1:]), dtype=torch.float32, device=device)
+                nb = raw.shape[0]
+                for j, (y, x) in enumerate(batch):
+                    out[:, :, z : z + roi_d, y : y + roi_h, x : x + roi_w] += pred[j * nb : (j + 1) * nb] * weight
+                    # the ring holds slice k at k % roi_d: the window's slices are at most two contiguous runs
+                    first = z % roi_d
+                    split = roi_d - first
+                    ring[first:, y : y + roi_h, x : x + roi_w] += weight[:split]
+                    ring[: roi_d - split, y : y + roi_h, x : x + roi_w] += weight[split:]
+        _finalise(out, ring, done, size[0])
+        return convert_to_dst_type(out, inputs, device=device)[0]

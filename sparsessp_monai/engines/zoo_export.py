@@ -257,8 +257,7 @@ def zoo_readme(
         out.append((heading + "\n" if heading else "") + replaced.get(title, body))
         if title == "Performance":
             out.append(
-                "## **Weights**\n"
-                f"`models/model.pt`, sha256 `{sha256}`, listed in `large_files.yml`. {hosting}\n\n"
+                f"## **Weights**\n`models/model.pt`, sha256 `{sha256}`, listed in `large_files.yml`. {hosting}\n\n"
             )
     return "".join(out).rstrip("\n") + "\n"
 

@@ -169,12 +169,14 @@ def time_full_volume(
     overlap: float,
     sw_batch_size: int = 2,
     prefix_mode: str = "trilinear",
+    slab: bool = True,
     warmup: int = 1,
     repeats: int = 3,
 ) -> float:
     """
-    Median time to predict a full volume from its sparse stack: prefix resampling to the full grid, then a
-    Gaussian-weighted :class:`~monai.inferers.SlidingWindowInferer` under bf16 autocast or fp32.
+    Median time to predict a full volume from its sparse stack: prefix resampling to the full grid, then Gaussian
+    sliding windows (:class:`~sparsessp_monai.engines.SlabSlidingWindowInferer` as in ``inference.json``, or with
+    ``slab=False`` MONAI's :class:`~monai.inferers.SlidingWindowInferer`) under bf16 autocast or fp32.
 
     Args:
         net: network in eval mode on the target device.
@@ -185,16 +187,18 @@ def time_full_volume(
         overlap: sliding-window overlap, as in the inference config.
         sw_batch_size: windows per forward pass.
         prefix_mode: z-mapping interpolation of :class:`~sparsessp_monai.transforms.PrefixResampleZ`.
+        slab: stitch slab-wise (same result, no full-size weight map) instead of with MONAI's inferer.
         warmup: untimed runs.
         repeats: timed runs.
     """
     from monai.inferers import SlidingWindowInferer
 
-    from sparsessp_monai.engines.inferers import AutocastInferer
+    from sparsessp_monai.engines.inferers import AutocastInferer, SlabSlidingWindowInferer
     from sparsessp_monai.transforms import PrefixResampleZ
 
+    window = SlabSlidingWindowInferer if slab else SlidingWindowInferer
     inferer = AutocastInferer(
-        SlidingWindowInferer(roi_size=list(roi_size), sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian"),
+        window(roi_size=list(roi_size), sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian"),
         enabled=precision == "bf16",
     )
     resample = PrefixResampleZ(mode=prefix_mode)
