@@ -9,7 +9,7 @@ from monai.data.utils import dense_patch_slices
 from monai.inferers import SlidingWindowInferer
 
 from sparsessp_monai.engines import AutocastInferer, SlabSlidingWindowInferer
-from sparsessp_monai.engines.inferers import _window_starts
+from sparsessp_monai.engines.inferers import window_starts
 
 
 def _net(out_channels: int = 2) -> torch.nn.Module:
@@ -41,7 +41,7 @@ def test_slab_inferer_gives_monai_sliding_window_result(shape, roi, overlap, sw_
     torch.testing.assert_close(got.affine, x.affine)
 
 
-def test_slab_inferer_passes_arguments_and_works_under_autocast() -> None:
+def test_slab_inferer_passes_arguments_and_works_under_autocast(capsys: pytest.CaptureFixture) -> None:
     calls = []
 
     def network(window: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
@@ -50,17 +50,19 @@ def test_slab_inferer_passes_arguments_and_works_under_autocast() -> None:
 
     x = torch.rand(1, 1, 40, 32, 32)
     task = torch.tensor(3.0)
-    out = AutocastInferer(SlabSlidingWindowInferer((16, 16, 16), sw_batch_size=3), enabled=True)(x, network, task)
+    slab = SlabSlidingWindowInferer((16, 16, 16), sw_batch_size=3, progress=True)
+    out = AutocastInferer(slab, enabled=True)(x, network, task)
     # a voxel-wise network: every window agrees, so the blend is the network's output whatever the weights
     torch.testing.assert_close(out, 3 * x, atol=0.05, rtol=0.02)  # bf16 inside the windows
     assert out.dtype == torch.float32 and max(calls) == 3
+    assert "27/27" in capsys.readouterr().err  # one progress bar over 3 x 3 x 3 windows
 
 
 def test_window_starts_match_monai() -> None:
     for size, roi, overlap in [(128, 32, 0.25), (1024, 128, 0.25), (50, 16, 0.25), (37, 8, 0.5), (33, 32, 0.25)]:
         interval = max(int(roi * (1 - overlap)), 1)
         monai = sorted({s[0].start for s in dense_patch_slices((size,), (roi,), (interval,))})
-        assert _window_starts(size, roi, overlap) == monai
+        assert window_starts(size, roi, overlap) == monai
 
 
 def test_slab_inferer_refuses_bad_arguments_and_resampling_networks() -> None:

@@ -18,7 +18,7 @@ from sparsessp_monai.engines.bundle_utils import as_bool
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
-__all__ = ["AutocastInferer", "SlabSlidingWindowInferer"]
+__all__ = ["AutocastInferer", "SlabSlidingWindowInferer", "window_starts"]
 
 
 class AutocastInferer(Inferer):
@@ -50,7 +50,7 @@ class AutocastInferer(Inferer):
         return self.inferer(inputs, autocast_forward, *args, **kwargs)
 
 
-def _window_starts(size: int, roi: int, overlap: float) -> list[int]:
+def window_starts(size: int, roi: int, overlap: float) -> list[int]:
     """Window starts along one axis, as MONAI's ``dense_patch_slices`` places them (the last one flush with the end)."""
     if roi >= size:
         return [0]
@@ -86,7 +86,7 @@ class SlabSlidingWindowInferer(Inferer):
         sigma_scale: Gaussian sigma as a fraction of the window size, one value or one per axis, as in MONAI.
         sw_device: device of the network calls (default: the input's).
         device: device of the stitched output (default: the input's).
-        progress: a progress bar over the depth positions (needs tqdm).
+        progress: a progress bar over the windows (needs tqdm).
 
     Shapes: ``inputs`` ``(B, C, D, H, W)`` with ``H, W`` at least the window's (smaller inputs, or inputs no deeper
     than one window, go to MONAI's inferer as they are); the network maps ``(b, C, d, h, w)`` windows to
@@ -131,20 +131,23 @@ class SlabSlidingWindowInferer(Inferer):
                 sigma_scale=list(self.sigma_scale),
                 sw_device=self.sw_device,
                 device=self.device,
+                progress=self.progress,
             )
             return monai_inferer(inputs, network, *args, **kwargs)
         sw_device = torch.device(self.sw_device) if self.sw_device is not None else inputs.device
         device = torch.device(self.device) if self.device is not None else inputs.device
         raw = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
         roi_d, roi_h, roi_w = self.roi_size
-        starts = [_window_starts(n, r, o) for n, r, o in zip(size, self.roi_size, self.overlap)]
+        starts = [window_starts(n, r, o) for n, r, o in zip(size, self.roi_size, self.overlap)]
         plane = [(y, x) for y in starts[1] for x in starts[2]]
         weight = compute_importance_map(
             self.roi_size, mode=self.mode, sigma_scale=self.sigma_scale, device=device, dtype=torch.float32
         )
         out = ring = None
         done = 0  # slices [0, done) of out are final
-        for z in tqdm(starts[0], desc="depth") if self.progress and has_tqdm else starts[0]:
+        # one bar over all windows, as MONAI's inferer shows it
+        bar = tqdm(total=len(starts[0]) * len(plane)) if self.progress and has_tqdm else None
+        for z in starts[0]:
             if out is not None:  # no later window reaches above z: those slices are final
                 done = _finalise(out, ring, done, z)
             for i in range(0, len(plane), self.sw_batch_size):
@@ -153,6 +156,8 @@ class SlabSlidingWindowInferer(Inferer):
                     sw_device
                 )
                 pred = network(windows, *args, **kwargs)
+                if bar is not None:
+                    bar.update(len(batch))
                 pred = (pred.as_tensor() if hasattr(pred, "as_tensor") else pred).to(device, torch.float32)
                 if pred.shape[2:] != windows.shape[2:]:
                     raise ValueError(
@@ -170,5 +175,7 @@ class SlabSlidingWindowInferer(Inferer):
                     split = roi_d - first
                     ring[first:, y : y + roi_h, x : x + roi_w] += weight[:split]
                     ring[: roi_d - split, y : y + roi_h, x : x + roi_w] += weight[split:]
+        if bar is not None:
+            bar.close()
         _finalise(out, ring, done, size[0])
         return convert_to_dst_type(out, inputs, device=device)[0]
