@@ -54,6 +54,7 @@ TINY = [
     "--val_roi_size", "[32,32,32]",
     "--samples_per_volume", "2",
     "--val_interval", "1",
+    "--min_epoch_length", "1",  # one step per volume: the default's 20 steps per epoch are for real training
 ]  # fmt: skip
 
 
