@@ -5,12 +5,11 @@ sliding windows one slab at a time for volumes too large for a full-size weight 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
-from monai.data.utils import compute_importance_map
+from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers import Inferer, SlidingWindowInferer
 from monai.utils import BlendMode, convert_to_dst_type, ensure_tuple_rep, look_up_option, optional_import
 
@@ -51,12 +50,12 @@ class AutocastInferer(Inferer):
 
 
 def window_starts(size: int, roi: int, overlap: float) -> list[int]:
-    """Window starts along one axis, as MONAI's ``dense_patch_slices`` places them (the last one flush with the end)."""
+    """Window starts along one axis: MONAI's ``dense_patch_slices`` with the scan interval its sliding windows use
+    (``int(roi * (1 - overlap))``, at least 1; the last window flush with the end)."""
     if roi >= size:
         return [0]
     interval = max(int(roi * (1 - overlap)), 1)
-    count = next(i for i in range(math.ceil(size / interval)) if i * interval + roi >= size) + 1
-    return [min(i * interval, size - roi) for i in range(count)]
+    return sorted({s[0][0] for s in dense_patch_slices((size,), (roi,), (interval,), return_slice=False)})
 
 
 def _finalise(out: torch.Tensor, ring: torch.Tensor, start: int, stop: int) -> int:
@@ -147,9 +146,13 @@ class SlabSlidingWindowInferer(Inferer):
         done = 0  # slices [0, done) of out are final
         # one bar over all windows, as MONAI's inferer shows it
         bar = tqdm(total=len(starts[0]) * len(plane)) if self.progress and has_tqdm else None
+        nb = raw.shape[0]
         for z in starts[0]:
             if out is not None:  # no later window reaches above z: those slices are final
                 done = _finalise(out, ring, done, z)
+            # the ring holds slice k at k % roi_d: this depth's window slices are at most two contiguous runs
+            first = z % roi_d
+            split = roi_d - first
             for i in range(0, len(plane), self.sw_batch_size):
                 batch = plane[i : i + self.sw_batch_size]
                 windows = torch.cat([raw[:, :, z : z + roi_d, y : y + roi_h, x : x + roi_w] for y, x in batch]).to(
@@ -167,12 +170,8 @@ class SlabSlidingWindowInferer(Inferer):
                 if out is None:
                     out = torch.zeros((raw.shape[0], pred.shape[1], *size), dtype=torch.float32, device=device)
                     ring = torch.zeros((roi_d, *size[1:]), dtype=torch.float32, device=device)
-                nb = raw.shape[0]
                 for j, (y, x) in enumerate(batch):
                     out[:, :, z : z + roi_d, y : y + roi_h, x : x + roi_w] += pred[j * nb : (j + 1) * nb] * weight
-                    # the ring holds slice k at k % roi_d: the window's slices are at most two contiguous runs
-                    first = z % roi_d
-                    split = roi_d - first
                     ring[first:, y : y + roi_h, x : x + roi_w] += weight[:split]
                     ring[: roi_d - split, y : y + roi_h, x : x + roi_w] += weight[split:]
         if bar is not None:
