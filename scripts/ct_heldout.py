@@ -97,13 +97,11 @@ BASELINES = ("trilinear", "cubic")
 
 
 def margins(summary: dict[str, float], subset: str = "missing") -> dict[str, dict[str, float]]:
-    """Model minus each baseline per metric on ``subset``, signed so that a positive margin means the model is
-    better (PSNR and SSIM higher, MAE lower)."""
+    """The evaluation's model-minus-baseline margins (``<metric>_<subset>_model_minus_<baseline>`` of
+    ``thin_slice_summary.json``), signed so that a positive margin means the model is better (PSNR and SSIM higher,
+    MAE lower)."""
     sign = {"psnr": 1.0, "ssim": 1.0, "mae": -1.0}
-    return {
-        b: {m: sign[m] * (summary[f"model_{m}_{subset}"] - summary[f"{b}_{m}_{subset}"]) for m in sign}
-        for b in BASELINES
-    }
+    return {b: {m: sign[m] * summary[f"{m}_{subset}_model_minus_{b}"] for m in sign} for b in BASELINES}
 
 
 def main(argv: list[str] | None = None) -> int:
