@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .allencell import import_repmode_pth, prepare_allencell
+    from .collate import view_collate
     from .inputs import INPUT_SUFFIXES, build_inference_datalist
     from .sparse_stacks import write_sparse_stacks
     from .synthetic_cells import (
@@ -36,6 +37,7 @@ _LAZY = {
     "build_inference_datalist": "inputs",
     "prepare_allencell": "allencell",
     "import_repmode_pth": "allencell",
+    "view_collate": "collate",
 }
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "make_sample_all_structures",
     "prepare_allencell",
     "sample_seed",
+    "view_collate",
     "write_sparse_stacks",
 ]
 

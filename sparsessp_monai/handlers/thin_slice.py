@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
-import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 
@@ -22,6 +21,7 @@ from sparsessp_monai.ct.evaluation import METRICS, SUBSETS, reconstruction_score
 from sparsessp_monai.ct.transforms import acquired_mask, placement_from_meta, window_of
 from sparsessp_monai.engines.errors import BundleInputError
 from sparsessp_monai.io.publish import atomic_write_text, csv_text
+from sparsessp_monai.transforms.finite import count_nonfinite
 
 __all__ = ["ThinSliceComparison"]
 
@@ -106,7 +106,7 @@ class ThinSliceComparison:
     def update(self, engine: Engine) -> None:
         """Score every volume of the current iteration."""
         for item in self._items(engine.state.batch, engine.state.output):
-            if not bool(torch.isfinite(torch.as_tensor(item[self.pred_key])).all()):
+            if count_nonfinite(item[self.pred_key]):
                 target = item.get(self.label_key)
                 name = target.meta.get("filename_or_obj", "") if isinstance(target, MetaTensor) else ""
                 self.non_finite.append(str(name) or f"volume {len(self.rows) + len(self.non_finite)}")

@@ -25,6 +25,7 @@ from monai.utils import convert_to_dst_type, convert_to_tensor
 
 from sparsessp_monai.engines.errors import BundleInputError
 from sparsessp_monai.transforms.bspline import cubic_z_matrix
+from sparsessp_monai.transforms.finite import count_nonfinite
 
 __all__ = [
     "PREFIX_MODES",
@@ -64,8 +65,8 @@ def validate_volume(img: NdarrayOrTensor, name: str = "image") -> torch.Tensor:
         raise BundleInputError(
             f"{name} must be a channel-first 3D volume (C, D, H, W) with 4 dimensions, got shape {tuple(t.shape)}."
         )
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        bad = int((~torch.isfinite(t)).sum())
+    bad = count_nonfinite(t)
+    if bad:
         raise BundleInputError(f"{name} contains {bad} NaN/Inf value(s); clean or mask the volume before resampling.")
     return t
 

@@ -17,6 +17,7 @@ from monai.utils import convert_to_tensor
 
 from sparsessp_monai.engines.errors import BundleInputError
 from sparsessp_monai.transforms.array import image_name
+from sparsessp_monai.transforms.finite import count_nonfinite
 
 __all__ = ["CheckInputd", "check_input_volume"]
 
@@ -43,9 +44,7 @@ def check_input_volume(
     t = convert_to_tensor(img, track_meta=False)
     if t.ndim != 4:
         kind = "a 2D image" if t.ndim < 4 else f"{t.ndim - 1} non-channel axes (a time series?)"
-        raise BundleInputError(
-            f"{name}: shape {tuple(t.shape)} is {kind}; a 3D volume (C, Z, Y, X) is needed."
-        )
+        raise BundleInputError(f"{name}: shape {tuple(t.shape)} is {kind}; a 3D volume (C, Z, Y, X) is needed.")
     if in_channels is not None and t.shape[0] != in_channels:
         raise BundleInputError(
             f"{name}: {t.shape[0]} channels (shape {tuple(t.shape)}), but the model takes {in_channels}; save the "
@@ -56,16 +55,16 @@ def check_input_volume(
             f"{name}: spatial shape {tuple(t.shape[1:])} has an axis shorter than {min_size} voxels "
             "(too few slices); a 3D volume is needed."
         )
-    if t.is_floating_point():
-        bad = int((~torch.isfinite(t)).sum())
-        if bad:
-            raise BundleInputError(
-                f"{name}: {bad} of {t.numel()} voxels are NaN/Inf; clean or mask the file before prediction."
-            )
-    if warn_constant and t.numel() and bool((t == t.reshape(-1)[0]).all()):
-        logger.warning(
-            f"{name}: every voxel is {float(t.reshape(-1)[0]):g} (a blank stack); its prediction is meaningless."
+    bad = count_nonfinite(t)
+    if bad:
+        raise BundleInputError(
+            f"{name}: {bad} of {t.numel()} voxels are NaN/Inf; clean or mask the file before prediction."
         )
+    if warn_constant and t.numel():
+        # min == max: two reductions, no volume-sized comparison mask
+        low, high = torch.aminmax(t.to(torch.uint8) if t.dtype == torch.bool else t)
+        if bool(low == high):
+            logger.warning(f"{name}: every voxel is {float(low):g} (a blank stack); its prediction is meaningless.")
     return t
 
 

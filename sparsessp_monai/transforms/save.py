@@ -20,6 +20,7 @@ from sparsessp_monai.data.inputs import OUTPUT_NAME_KEY, check_name_part, input_
 from sparsessp_monai.engines.bundle_utils import as_bool
 from sparsessp_monai.engines.errors import BundleInputError
 from sparsessp_monai.io import OmeTiffWriter, known_spacing_axes, save_projection_preview
+from sparsessp_monai.transforms.finite import count_nonfinite
 
 __all__ = ["OUTPUT_FORMATS", "SavePredictiond"]
 
@@ -157,12 +158,12 @@ class SavePredictiond(MapTransform):
 
 def _check_finite(pred: Any, source: str, structure: str) -> None:
     """Refuse a prediction with NaN / infinite values, naming the input it was made from."""
-    finite = torch.isfinite(torch.as_tensor(pred))
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
+    bad = count_nonfinite(pred)
+    if bad:
         raise BundleInputError(
             f"{source or 'prediction'}: the {structure!r} prediction has {bad} NaN or infinite value(s) of "
-            f"{finite.numel()}; nothing is published (the model may have diverged: check the checkpoint)."
+            f"{torch.as_tensor(pred).numel()}; nothing is published (the model may have diverged: check the "
+            "checkpoint)."
         )
 
 
