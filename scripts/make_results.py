@@ -1,8 +1,11 @@
 """
 Assemble ``docs/results.md`` from the Markdown reports of ``scripts/benchmark.py`` and ``scripts/study.py``.
 
-For every device (cpu, cuda) the full report (``benchmark_<device>.md``, ``study_<device>.md``) is used when it
-exists, otherwise the ``..._quick.md`` one, which is marked preliminary. Each report keeps its command and date.
+The accuracy-cost front (``study_front.md``, with its picture; it is what the bundle default is chosen on) comes
+first. Then, for every device (cpu, cuda), the full report (``benchmark_<device>.md``, ``study_<device>.md``: the
+paper's claims) is used when it exists, otherwise the ``..._quick.md`` one, which is marked preliminary; and the
+reports of the other study sets (``study_<sets>_<device>.md``: front, loss, data). Each report keeps its command
+and date.
 
     python scripts/make_results.py             # docs/*.md -> docs/results.md
     python scripts/make_results.py --docs DIR  # another folder
@@ -38,6 +41,11 @@ def pick_reports(docs: Path) -> list[tuple[str, str, Path, bool]]:
     return found
 
 
+def pick_set_reports(docs: Path, device: str) -> list[Path]:
+    """The reports of the study sets other than the claims (``study_<sets>_<device>.md``), by name."""
+    return sorted(p for p in docs.glob(f"study_*_{device}.md") if not p.name.endswith("_quick.md"))
+
+
 def demote(markdown: str) -> str:
     """Push every heading two levels down so a report nests under a section of results.md."""
     return "\n".join("##" + line if line.startswith("#") else line for line in markdown.splitlines()) + "\n"
@@ -54,6 +62,11 @@ def build(docs: Path) -> str:
         "from the reports in this folder; each report below starts with the command and date that produced it. "
         "Regenerate a report with its command, then rerun `python scripts/make_results.py`.\n",
     ]
+    front = docs / "study_front.md"
+    if front.is_file():
+        lines.append("## Accuracy-cost front (the bundle default's basis)\n")
+        lines.append(f"Source: `{front.name}`.\n")
+        lines.append(demote(front.read_text(encoding="utf-8")))
     for kind, title in SECTIONS:
         for k, device, path, quick in reports:
             if k != kind:
@@ -62,6 +75,11 @@ def build(docs: Path) -> str:
             lines.append(f"## {title}, {device}{note}\n")
             lines.append(f"Source: `{path.name}`.\n")
             lines.append(demote(path.read_text(encoding="utf-8")))
+            if kind == "study":
+                for extra in pick_set_reports(docs, device):
+                    lines.append(f"## Study sets, {device}: {extra.stem[len('study_'):-len(device) - 1]}\n")
+                    lines.append(f"Source: `{extra.name}`.\n")
+                    lines.append(demote(extra.read_text(encoding="utf-8")))
     # hand-run checks on a lent GPU machine (CI has none), kept as their own report
     gpu = docs / "gpu_check.md"
     if gpu.is_file():

@@ -310,6 +310,16 @@ def test_benchmark_quick_end_to_end_with_checkpoint(tmp_path):
     results = (out_dir / "results.md").read_text()
     assert results.count("PRELIMINARY") == 2 and "### Benchmark (cpu)" in results
     assert results.index("Speed and memory") < results.index("Accuracy study")
+    # the front (the default's basis) leads; the other study sets follow the claims of their device
+    (out_dir / "study_front.md").write_text("# Accuracy-cost front\n\n![R2](study_front.png)\n")
+    sets_md = "# Study (cpu)\n\nCommand: `python scripts/study.py --sweep loss data`\n"
+    (out_dir / "study_loss+data_cpu.md").write_text(sets_md)
+    made = _run("make_results.py", "--docs", str(out_dir))
+    assert made.returncode == 0, made.stderr
+    results = (out_dir / "results.md").read_text()
+    front, claims = results.index("### Accuracy-cost front"), results.index("## Accuracy study, cpu")
+    sets = results.index("## Study sets, cpu: loss+data")
+    assert front < results.index("Speed and memory") < claims < sets and "--sweep loss data" in results[sets:]
 
 
 def test_benchmark_bad_input_fails_without_output(tmp_path):
