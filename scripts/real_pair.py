@@ -105,6 +105,7 @@ def write_split(
     out_dir: str | os.PathLike,
     spacing_zyx: Sequence[float] = FNET_SPACING_ZYX,
     split_x: int = SPLIT_X,
+    flip_z: bool = False,
 ) -> Path:
     """
     Write the training half (X < ``split_x``) and the evaluation half (X >= ``split_x``) of a paired volume.
@@ -122,6 +123,8 @@ def write_split(
         out_dir: output folder.
         spacing_zyx: voxel size (sz, sy, sx) in um written to every file.
         split_x: first X index of the evaluation half; both halves must be non-empty.
+        flip_z: reverse the Z order of both volumes (the demo data's focus direction is the opposite of this
+            stack's: defocus contrast changes sign with it, and a model trained on one order is tested on the other).
 
     Returns:
         ``out_dir``.
@@ -137,6 +140,7 @@ def write_split(
         "dna": str(Path(dna).resolve()),
         "spacing_zyx": [float(s) for s in spacing_zyx],
         "split_x": int(split_x),
+        "flip_z": bool(flip_z),
     }
     if is_complete(out, record):
         return out
@@ -146,6 +150,8 @@ def write_split(
         raise ValueError(f"expected two single-channel volumes of one shape, got {signal.shape} and {target.shape}.")
     if not 0 < split_x < signal.shape[-1]:
         raise ValueError(f"split_x={split_x} leaves a half empty (X size {signal.shape[-1]}).")
+    if flip_z:
+        signal, target = np.ascontiguousarray(signal[:, ::-1]), np.ascontiguousarray(target[:, ::-1])
     halves = {"train": np.s_[..., :split_x], "eval": np.s_[..., split_x:]}
     items = {}
     with staged_folder(out, record) as staging:
@@ -407,7 +413,7 @@ def run_pair(args: argparse.Namespace) -> dict[str, Any]:
     from sparsessp_monai.io import read_ome_tiff
 
     work = Path(args.work_dir).absolute()
-    data_dir = write_split(args.light, args.dna, work / "data", FNET_SPACING_ZYX, SPLIT_X)
+    data_dir = write_split(args.light, args.dna, work / "data", FNET_SPACING_ZYX, SPLIT_X, args.flip_z)
     roi = list(read_ome_tiff(data_dir / "images" / "eval_brightfield.ome.tif")[0].shape[1:])  # one window
     inits = [i for i in args.inits if args.pretrained or i == "scratch"]
     start = time.perf_counter()
@@ -491,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=INITS,
         default=list(INITS),
         help="models (all but scratch need --pretrained)",
+    )
+    pair.add_argument(
+        "--flip_z", action="store_true", help="reverse both volumes in Z first (the demo data's focus direction)"
     )
     pair.add_argument("--quick", action="store_true", help="1 epoch, 1 patch of 32 x 32 x 32, r = 4 only")
     pair.set_defaults(func=run_pair)

@@ -85,6 +85,21 @@ def test_split_halves_are_disjoint_and_carry_the_spacing(split_dir: Path) -> Non
     assert marker[0].stat().st_mtime_ns == stamp
 
 
+def test_split_can_reverse_z_of_both_volumes(tmp_path: Path) -> None:
+    need(real_pair.LIGHT, real_pair.DNA)
+    light, _ = read_ome_tiff(real_pair.LIGHT)
+    dna, _ = read_ome_tiff(real_pair.DNA)
+    out = real_pair.write_split(real_pair.LIGHT, real_pair.DNA, tmp_path / "flip", flip_z=True)
+    for half, cut in (("train", np.s_[..., :64]), ("eval", np.s_[..., 64:])):
+        image, _ = read_ome_tiff(out / "images" / f"{half}_brightfield.ome.tif")
+        label, _ = read_ome_tiff(out / "images" / f"{half}_dna.ome.tif")
+        np.testing.assert_array_equal(image, light[:, ::-1][cut])
+        np.testing.assert_array_equal(label, dna[:, ::-1][cut])
+    # the flip is part of the folder's record: the unflipped split is not taken for it
+    again = real_pair.write_split(real_pair.LIGHT, real_pair.DNA, tmp_path / "flip")
+    np.testing.assert_array_equal(read_ome_tiff(again / "images" / "eval_dna.ome.tif")[0], dna[..., 64:])
+
+
 def test_split_refuses_bad_inputs(tmp_path: Path) -> None:
     need(real_pair.LIGHT, real_pair.DNA, real_pair.AICS)
     with pytest.raises(ValueError, match="leaves a half empty"):
