@@ -69,6 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(ROOT / "docs"))
     p.add_argument("--work", help="folder of the variants' bundle roots (default: runs/<report stem>)")
     p.add_argument("--fresh", action="store_true", help="ignore the cache of finished variants")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rebuild the reports from the cache (variants not in it are left out; points "
+                        "made with an earlier text of the configs but the same network and settings are used and "
+                        "named in the report)")
     p.add_argument("--dry-run", action="store_true", help="print the variants and their overrides, run nothing")
     return p.parse_args(argv)
 
@@ -114,6 +118,21 @@ def make_variants(args: argparse.Namespace, settings: study.StudySettings) -> li
     return variants
 
 
+def report_only_notes(missing: list[str], earlier: dict[str, str], cache_name: str) -> str:
+    """What a report rebuilt from the cache says about its points (Markdown)."""
+    lines = [f"Rebuilt from `{cache_name}` without training (`--report-only`)."]
+    if earlier:
+        by_print: dict[str, list[str]] = {}
+        for name, print_ in earlier.items():
+            by_print.setdefault(print_, []).append(name)
+        for print_, names in by_print.items():
+            lines.append(f"Trained with an earlier text of the configs (fingerprint `{print_}`; the same network, "
+                         f"data and settings by their recorded axes): {', '.join(names)}.")
+    if missing:
+        lines.append(f"Not in the cache, so not in this report: {', '.join(missing)}.")
+    return "\n\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the study and write its reports."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -149,7 +168,15 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work) if args.work else ROOT / "runs" / f"study_{device}"
     t0 = time.perf_counter()
-    rows, failed = study.run_study(settings, variants, work, cache, save, log=lambda m: print(m, flush=True))
+    notes = ""
+    if args.report_only:
+        rows, missing, earlier = study.cached_rows(settings, variants, cache)
+        failed = []
+        if missing:
+            print(f"not in the cache, left out: {', '.join(missing)}", file=sys.stderr)
+        notes = report_only_notes(missing, earlier, cache_path.name)
+    else:
+        rows, failed = study.run_study(settings, variants, work, cache, save, log=lambda m: print(m, flush=True))
     command = ("python scripts/study.py " + " ".join(shlex.quote(a) for a in argv)).strip()
     if rows:
         ratios = sorted({int(r["ratio"]) for r in rows})
@@ -158,10 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         md = claims.render_markdown(rows, verdicts, settings, command, settings.device, args.quick,
                                     time.perf_counter() - t0, bars, args.target_r2)
         bm.write_csv(out / f"{stem}.csv", [{k: v for k, v in r.items() if k != "curve"} for r in rows])
+        md = md + ("\n" + notes if notes else "")
         atomic_write_text(out / f"{stem}.md", md)
         print(md)
         if any(r["group"] in ("front", "loss") for r in rows):
-            png, front_md = front.write_front(rows, out, command, "study_front" + ("_quick" if args.quick else ""))
+            png, front_md = front.write_front(rows, out, command, "study_front" + ("_quick" if args.quick else ""),
+                                              notes=notes)
             print(f"wrote {png} and {front_md}")
     if failed:
         print(f"error: {len(failed)} variant(s) failed: {', '.join(failed)}", file=sys.stderr)

@@ -264,6 +264,26 @@ def test_study_quick_runs_the_bundle_and_resumes(tmp_path):
     assert again.stdout.count(": cached") == len(STUDY_VARIANTS)
     assert {p: p.stat().st_mtime_ns for p in logs} == stamps
 
+    # report-only: the same rows from the cache; entries made with an earlier config text are used when their axes
+    # match and are named; a variant without an entry is left out and named; nothing is trained
+    cache_file = tmp_path / "study_cpu_quick_cache.json"
+    (key, first), *_ = cache["variants"].items()
+    aged = {**cache, "variants": {f"old-{k}": {**e, "fingerprint": "0123456789abcdef"} if k == key else e
+                                  for k, e in cache["variants"].items()}}
+    cache_file.write_text(json.dumps(aged))
+    extra = "--add", 'not-run={"ratio": 2}'
+    rebuilt = _run("study.py", *args, *extra, "--report-only")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "not in the cache, left out: not-run" in rebuilt.stderr
+    again_rows = list(csv.DictReader((tmp_path / "study_cpu_quick.csv").open()))
+    assert [(r["variant"], r["eval_ratio"], r["r2"]) for r in again_rows] == [
+        (r["variant"], r["eval_ratio"], r["r2"]) for r in rows]
+    md = (tmp_path / "study_cpu_quick.md").read_text()
+    assert "without training (`--report-only`)" in md and "fingerprint `0123456789abcdef`" in md
+    assert f"`0123456789abcdef`; the same network, data and settings by their recorded axes): {first['name']}." in md
+    assert "so not in this report: not-run." in md
+    assert {p: p.stat().st_mtime_ns for p in logs} == stamps
+
     bad = _run("study.py", "--quick", "--out", str(tmp_path / "bad"), "--only", "no-such-variant")
     assert bad.returncode == 2 and "no variant matches" in bad.stderr
     assert not (tmp_path / "bad").exists()

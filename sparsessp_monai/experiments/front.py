@@ -107,8 +107,9 @@ def front_png(path: str | os.PathLike, rows: Sequence[dict[str, Any]], title: st
 
 
 def front_markdown(rows: Sequence[dict[str, Any]], command: str, png_name: str = "study_front.png",
-                   groups: Sequence[str] = FRONT_GROUPS) -> str:
-    """The table behind the picture, per ratio, with the command and date; ``front`` marks the Pareto points."""
+                   groups: Sequence[str] = FRONT_GROUPS, notes: str = "") -> str:
+    """The table behind the picture, per ratio, with the command and date; ``front`` marks the Pareto points;
+    ``notes`` (Markdown) go at the end."""
     lines = [
         "# Accuracy-cost front\n",
         f"Command: `{command}`\n",
@@ -134,13 +135,15 @@ def front_markdown(rows: Sequence[dict[str, Any]], command: str, png_name: str =
              "GFLOP/patch", "fp32 step s", "infer s/patch", "peak MiB", "front"],
             body, "l" * 6 + "r" * 8 + "l",
         ))
+    if notes:
+        lines.append(notes)
     return "\n".join(lines)
 
 
 def write_front(rows: Sequence[dict[str, Any]], out: str | os.PathLike, command: str,
-                stem: str = "study_front") -> tuple[Path, Path]:
+                stem: str = "study_front", notes: str = "") -> tuple[Path, Path]:
     """Write ``<out>/<stem>.png`` and ``<out>/<stem>.md`` (atomically); returns both paths."""
     out = Path(out)
     png = front_png(out / f"{stem}.png", rows, title=command)
-    md = atomic_write_text(out / f"{stem}.md", front_markdown(rows, command, png.name))
+    md = atomic_write_text(out / f"{stem}.md", front_markdown(rows, command, png.name, notes=notes))
     return png, md

@@ -34,6 +34,7 @@ __all__ = [
     "METRICS",
     "StudySettings",
     "Variant",
+    "cached_rows",
     "demo_folder",
     "describe",
     "merged_overrides",
@@ -261,6 +262,43 @@ def _rows(variant: Variant, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
         rows.append({**base, "eval_ratio": int(r), **{m: scores[m] for m in METRICS}, "images": scores["images"],
                      **cost, **timing, "bundle_root": entry["bundle_root"]})
     return rows
+
+
+def cached_rows(
+    settings: StudySettings, variants: Sequence[Variant], cache: Mapping[str, Any]
+) -> tuple[list[dict[str, Any]], list[str], dict[str, str]]:
+    """
+    The result rows of ``variants`` from ``cache`` alone, training and evaluating nothing (the study's report-only
+    mode).
+
+    A variant's own entry (its overrides under the current settings' fingerprint) is used when it is there.
+    Otherwise an entry of the same name made with an earlier text of the configs is used if its recorded axes (the
+    network, ratio, z-mapping, loss, data, patch, budget: :func:`describe`) are those the variant has now; such
+    variants are returned in ``earlier`` with that entry's fingerprint, so a report can say which points come from
+    which config text. Variants with neither are returned in ``missing`` and have no rows.
+
+    Returns:
+        ``(rows, missing, earlier)``.
+    """
+    entries = cache.get("variants", {}) if cache.get("version") == 2 else {}
+    by_name: dict[str, list[Mapping[str, Any]]] = {}
+    for entry in entries.values():
+        by_name.setdefault(entry["name"], []).append(entry)
+    rows: list[dict[str, Any]] = []
+    missing: list[str] = []
+    earlier: dict[str, str] = {}
+    for variant in variants:
+        entry = entries.get(variant_key(settings, variant))
+        if entry is None:
+            axes = describe(settings.config_file, merged_overrides(settings, variant))
+            same = [e for e in by_name.get(variant.name, []) if e["axes"] == axes]
+            if not same:
+                missing.append(variant.name)
+                continue
+            entry = same[-1]
+            earlier[variant.name] = entry["fingerprint"]
+        rows += _rows(variant, entry)
+    return rows, missing, earlier
 
 
 def run_study(
