@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(ROOT / "docs"))
     p.add_argument("--work", help="folder of the variants' bundle roots (default: runs/<report stem>)")
     p.add_argument("--fresh", action="store_true", help="ignore the cache of finished variants")
+    p.add_argument("--remeasure-cost", action="store_true",
+                   help="measure the cost columns of the cached variants again, one process after another (run it on "
+                        "a quiet machine), then rebuild the reports as --report-only does")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rebuild the reports from the cache (variants not in it are left out; points "
                         "made with an earlier text of the configs but the same network and settings are used and "
@@ -169,12 +172,19 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) if args.work else ROOT / "runs" / f"study_{device}"
     t0 = time.perf_counter()
     notes = ""
-    if args.report_only:
+    if args.report_only or args.remeasure_cost:
+        if args.remeasure_cost:
+            found, _, _ = study.cached_entries(settings, variants, cache)
+            study.remeasure_costs(settings, found, work, lambda: save(cache), log=lambda m: print(m, flush=True))
         rows, missing, earlier = study.cached_rows(settings, variants, cache)
         failed = []
         if missing:
             print(f"not in the cache, left out: {', '.join(missing)}", file=sys.stderr)
         notes = report_only_notes(missing, earlier, cache_path.name)
+        if args.remeasure_cost:
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            notes += ("\nThe cost columns (parameters, GFLOP, fp32 and bf16 step and inference times, peak memory) "
+                      f"were measured again by `--remeasure-cost` on {when}, one variant's process after another.\n")
     else:
         rows, failed = study.run_study(settings, variants, work, cache, save, log=lambda m: print(m, flush=True))
     command = ("python scripts/study.py " + " ".join(shlex.quote(a) for a in argv)).strip()

@@ -283,6 +283,15 @@ def test_study_quick_runs_the_bundle_and_resumes(tmp_path):
     assert f"`0123456789abcdef`; the same network, data and settings by their recorded axes): {first['name']}." in md
     assert "so not in this report: not-run." in md
     assert {p: p.stat().st_mtime_ns for p in logs} == stamps
+    # the cost columns measured again, one process per variant, nothing trained; the scores stay
+    remeasured = _run("study.py", *args, "--remeasure-cost")
+    assert remeasured.returncode == 0, remeasured.stderr
+    cache = json.loads(cache_file.read_text())
+    assert all(e.get("cost_measured") and e["cost"]["train_step_s"] > 0 for e in cache["variants"].values())
+    assert [(r["variant"], r["r2"]) for r in csv.DictReader((tmp_path / "study_cpu_quick.csv").open())] == [
+        (r["variant"], r["r2"]) for r in rows]
+    assert "measured again by `--remeasure-cost`" in (tmp_path / "study_cpu_quick.md").read_text()
+    assert {p: p.stat().st_mtime_ns for p in logs} == stamps
 
     bad = _run("study.py", "--quick", "--out", str(tmp_path / "bad"), "--only", "no-such-variant")
     assert bad.returncode == 2 and "no variant matches" in bad.stderr

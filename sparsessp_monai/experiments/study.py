@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,10 +35,12 @@ __all__ = [
     "METRICS",
     "StudySettings",
     "Variant",
+    "cached_entries",
     "cached_rows",
     "demo_folder",
     "describe",
     "merged_overrides",
+    "remeasure_costs",
     "replace_settings",
     "run_study",
     "run_variant",
@@ -214,11 +217,11 @@ def _worker_env(threads: int | None) -> dict[str, str]:
 
 
 def run_variant(settings: StudySettings, variant: Variant, bundle_root: Path, eval_ratios: Sequence[int],
-                train: bool = True) -> dict[str, Any]:
+                train: bool = True, cost_only: bool = False) -> dict[str, Any]:
     """
-    Train (``train=True``) and evaluate one variant in a fresh subprocess into ``bundle_root``; returns the worker's
-    result (see :func:`sparsessp_monai.experiments.study_worker.run_variant`). Its log is
-    ``bundle_root/study_worker.log``.
+    Train (``train=True``) and evaluate one variant in a fresh subprocess into ``bundle_root``, or only measure
+    its cost (``cost_only=True``: ``{"cost": ...}``); returns the worker's result (see
+    :func:`sparsessp_monai.experiments.study_worker.run_variant`). Its log is ``bundle_root/study_worker.log``.
 
     Raises:
         RuntimeError: the subprocess failed; the message ends with the log's tail.
@@ -232,7 +235,7 @@ def run_variant(settings: StudySettings, variant: Variant, bundle_root: Path, ev
         "config_file": settings.config_file, "eval_config_file": settings.eval_config_file,
         "bundle_root": str(bundle_root), "overrides": overrides, "train": train,
         "eval_ratios": [int(r) for r in eval_ratios], "device": settings.device, "threads": settings.threads,
-        "cost_warmup": settings.cost_warmup, "cost_repeats": settings.cost_repeats,
+        "cost_warmup": settings.cost_warmup, "cost_repeats": settings.cost_repeats, "cost_only": bool(cost_only),
     }
     spec_path = atomic_write_text(bundle_root / "study_spec.json", json.dumps(spec, indent=1, default=str))
     result_path = bundle_root / "study_result.json"
@@ -264,6 +267,49 @@ def _rows(variant: Variant, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def cached_entries(
+    settings: StudySettings, variants: Sequence[Variant], cache: Mapping[str, Any]
+) -> tuple[list[tuple[Variant, dict[str, Any]]], list[str], dict[str, str]]:
+    """``(variant, entry)`` pairs of the variants found in ``cache``, the missing names and the entries of an
+    earlier config text (see :func:`cached_rows`, which this finds the entries for)."""
+    entries = cache.get("variants", {}) if cache.get("version") == 2 else {}
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries.values():
+        by_name.setdefault(entry["name"], []).append(entry)
+    found: list[tuple[Variant, dict[str, Any]]] = []
+    missing: list[str] = []
+    earlier: dict[str, str] = {}
+    for variant in variants:
+        entry = entries.get(variant_key(settings, variant))
+        if entry is None:
+            axes = describe(settings.config_file, merged_overrides(settings, variant))
+            same = [e for e in by_name.get(variant.name, []) if e["axes"] == axes]
+            if not same:
+                missing.append(variant.name)
+                continue
+            entry = same[-1]
+            earlier[variant.name] = entry["fingerprint"]
+        found.append((variant, entry))
+    return found, missing, earlier
+
+
+def remeasure_costs(settings: StudySettings, found: Sequence[tuple[Variant, dict[str, Any]]], work: str | os.PathLike,
+                    save_cache: Callable[[], None], log: Callable[[str], None] = print) -> None:
+    """
+    Measure the cost of every ``(variant, entry)`` again, one fresh subprocess after another (so that on a quiet
+    machine no two measurements share the cores), and store it in the entry with the time it was measured; the
+    cache is saved after each. Training and evaluation figures are left as they are.
+    """
+    for i, (variant, entry) in enumerate(found, 1):
+        root = Path(work) / f"{variant.name}-cost"
+        entry["cost"] = run_variant(settings, variant, root, [], train=False, cost_only=True)["cost"]
+        entry["cost_measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        save_cache()
+        c = entry["cost"]
+        log(f"[{i}/{len(found)}] {variant.name}: fp32 train step {c['train_step_s']:.3f} s, inference "
+            f"{c['infer_s']:.4f} s/patch")
+
+
 def cached_rows(
     settings: StudySettings, variants: Sequence[Variant], cache: Mapping[str, Any]
 ) -> tuple[list[dict[str, Any]], list[str], dict[str, str]]:
@@ -280,24 +326,8 @@ def cached_rows(
     Returns:
         ``(rows, missing, earlier)``.
     """
-    entries = cache.get("variants", {}) if cache.get("version") == 2 else {}
-    by_name: dict[str, list[Mapping[str, Any]]] = {}
-    for entry in entries.values():
-        by_name.setdefault(entry["name"], []).append(entry)
-    rows: list[dict[str, Any]] = []
-    missing: list[str] = []
-    earlier: dict[str, str] = {}
-    for variant in variants:
-        entry = entries.get(variant_key(settings, variant))
-        if entry is None:
-            axes = describe(settings.config_file, merged_overrides(settings, variant))
-            same = [e for e in by_name.get(variant.name, []) if e["axes"] == axes]
-            if not same:
-                missing.append(variant.name)
-                continue
-            entry = same[-1]
-            earlier[variant.name] = entry["fingerprint"]
-        rows += _rows(variant, entry)
+    found, missing, earlier = cached_entries(settings, variants, cache)
+    rows = [row for variant, entry in found for row in _rows(variant, entry)]
     return rows, missing, earlier
 
 

@@ -157,6 +157,8 @@ def run_variant(spec: Mapping[str, Any]) -> dict[str, Any]:
     overrides = {**spec["overrides"], "bundle_root": str(root)}
     from sparsessp_monai.experiments import benchmarking as bm
 
+    if spec.get("cost_only"):
+        return {"cost": measure_cost(spec["config_file"], overrides, device, spec["cost_warmup"], spec["cost_repeats"])}
     own = int(bm.load_config(spec["config_file"], overrides).get_parsed_content("ratio"))
     result: dict[str, Any] = {"eval": {}}
     if spec["train"]:
