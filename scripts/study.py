@@ -173,10 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     notes = ""
     if args.report_only or args.remeasure_cost:
+        # one lookup: remeasure_costs updates the found entries in place, the rows are read from them after
+        found, missing, earlier = study.cached_entries(settings, variants, cache)
         if args.remeasure_cost:
-            found, _, _ = study.cached_entries(settings, variants, cache)
             study.remeasure_costs(settings, found, work, lambda: save(cache), log=lambda m: print(m, flush=True))
-        rows, missing, earlier = study.cached_rows(settings, variants, cache)
+        rows = study.entry_rows(found)
         failed = []
         if missing:
             print(f"not in the cache, left out: {', '.join(missing)}", file=sys.stderr)

@@ -39,6 +39,7 @@ __all__ = [
     "cached_rows",
     "demo_folder",
     "describe",
+    "entry_rows",
     "merged_overrides",
     "remeasure_costs",
     "replace_settings",
@@ -327,8 +328,12 @@ def cached_rows(
         ``(rows, missing, earlier)``.
     """
     found, missing, earlier = cached_entries(settings, variants, cache)
-    rows = [row for variant, entry in found for row in _rows(variant, entry)]
-    return rows, missing, earlier
+    return entry_rows(found), missing, earlier
+
+
+def entry_rows(found: Sequence[tuple[Variant, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """The result rows of ``(variant, entry)`` pairs (:func:`cached_entries`), in their order."""
+    return [row for variant, entry in found for row in _rows(variant, entry)]
 
 
 def run_study(
