@@ -68,6 +68,12 @@ def report(result: dict, command: str, capability: str, precision: str) -> str:
     total = sum(stages.values())
     rows = "\n".join(f"| {s} | {stages[s] * 1000:.1f} | {100 * stages[s] / total:.1f}% |" for s in STAGES)
     cpu = result["user_s"] + result["sys_s"]
+    convs = result["convolutions"]
+    conv_gflop = sum(c["gflop"] for c in convs)
+    conv_s = sum(c["ms"] for c in convs) / 1e3
+    conv_rows = "\n".join(
+        f"| `{c['name']}` | {'x'.join(map(str, c['input']))} | {'x'.join(map(str, c['kernel']))} | {c['gflop']:.2f} | "
+        f"{c['ms']:.1f} | {c['gflops']:.1f} | {100 * c['gemm_fraction']:.0f}% |" for c in convs)
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return f"""# Training-iteration profile ({capability}, {precision})
 
@@ -89,6 +95,21 @@ Date: {date}; torch {torch.__version__}, {torch.get_num_threads()} threads, CPU 
 | stage | median ms | share |
 |---|---:|---:|
 {rows}
+
+## Convolutions alone
+
+Each convolution of the network timed by itself (forward + backward, a copy of the layer on a random input of the
+shape and memory format it sees in this step, median of 5, {result['layer_precision']}), against this process's
+{result['layer_precision']} GEMM rate ({result['layer_gemm_gflops']:.1f} GFLOP/s).
+
+- all of them together: {conv_gflop:.1f} GFLOP in {conv_s * 1e3:.0f} ms = {conv_gflop / conv_s:.1f} GFLOP/s =
+  **{100 * conv_gflop / conv_s / result['layer_gemm_gflops']:.0f}% of the GEMM rate**
+- they are {100 * conv_gflop / result['gflop_per_step']:.0f}% of the step's FLOP count, and the rest of the step
+  only adds time: this is the most the whole step can reach with these layers and shapes
+
+| layer | input | kernel | GFLOP | ms | GFLOP/s | of GEMM |
+|---|---|---|---:|---:|---:|---:|
+{conv_rows}
 
 ## Operators (self CPU time; memory columns from the profiler)
 

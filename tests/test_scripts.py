@@ -391,3 +391,7 @@ def test_profile_training_quick_reports_stages_operators_and_the_gemm_fraction(t
     # the operators come from the bundle's own SupervisedTrainer iterations: convolutions and Adam's step
     assert "convolution" in text and "Optimizer.step#Adam.step" in text
     assert "of this process's fp32 GEMM rate" in text and "minor page faults" in text
+    # every convolution of the quick network timed alone, with its share of the GEMM rate
+    conv_rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(conv_rows) >= 5 and any("| 3x3x3 |" in line for line in conv_rows), conv_rows
+    assert "% of the GEMM rate**" in text
