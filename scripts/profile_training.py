@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import sys
@@ -31,6 +32,10 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
 
 from sparsessp_monai.experiments.profiling import STAGES, profile_training  # noqa: E402
 from sparsessp_monai.io.publish import atomic_write_text  # noqa: E402
+
+CPU_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS")
+"""Environment variables that change which kernels run (an imitated CPU kind) or how many threads: quoted in the
+report's command line when set."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -124,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "python " + shlex.join(["scripts/profile_training.py", *(sys.argv[1:] if argv is None else argv)])
+    # the variables that imitate another CPU kind belong to the command that made the report
+    env = [f"{k}={shlex.quote(os.environ[k])}" for k in CPU_ENV if k in os.environ]
+    command = " ".join([*env, "python", shlex.join(["scripts/profile_training.py",
+                                                    *(sys.argv[1:] if argv is None else argv)])])
     capability = torch.backends.cpu.get_cpu_capability()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.bundle_root or tmp

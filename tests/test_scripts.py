@@ -379,13 +379,17 @@ def test_write_csv_and_bar_chart(tmp_path):
     assert [p.name for p in png.parent.iterdir()] == ["chart.png"]  # no temporary file left behind
 
 
-def test_profile_training_quick_reports_stages_operators_and_the_gemm_fraction(tmp_path):
+def test_profile_training_quick_reports_stages_operators_and_the_gemm_fraction(tmp_path, monkeypatch):
+    # as on an imitated AVX2-only CPU: the variable belongs to the report's command line
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     out = _run("profile_training.py", "--quick", "--iterations", "2", "--warmup", "1", "--threads", "1",
                "--out", str(tmp_path))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (md,) = tmp_path.glob("profile_*_fp32.md")
     text = md.read_text()
-    assert text.splitlines()[2].startswith("Command: `python scripts/profile_training.py --quick")
+    command = text.splitlines()[2]
+    assert command.startswith("Command: `") and "ONEDNN_MAX_CPU_ISA=AVX2 " in command, command
+    assert "python scripts/profile_training.py --quick" in command, command
     for stage in ("data", "forward", "loss", "backward", "optimizer", "handlers"):
         assert f"| {stage} |" in text
     # the operators come from the bundle's own SupervisedTrainer iterations: convolutions and Adam's step
