@@ -36,6 +36,20 @@ def test_both_embeddings_of_mixed_topologies(topology, embedding) -> None:
     assert net(torch.randn(1, 1, 16, 16, 16)).shape == (1, 2, 16, 16, 16)
 
 
+@pytest.mark.parametrize("topology,embedding", list(itertools.product(["3to2d", "2to3d"], ["3d", "2d"])))
+def test_bridge_kernel_widens_the_projection_in_plane_only(topology, embedding) -> None:
+    """k x k bridges see a pixel's neighbours in-plane, never other slices (3D embedding: shared 1 x k x k)."""
+    wide, narrow = small_net(topology=topology, embedding=embedding, bridge_kernel=5), small_net(
+        topology=topology, embedding=embedding)
+    convs = [m for b in wide.bridges for m in b.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    assert convs and all(tuple(c.kernel_size[-2:]) == (5, 5) for c in convs)
+    assert all(c.kernel_size[0] == 1 for c in convs if isinstance(c, torch.nn.Conv3d))
+    assert sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in narrow.parameters())
+    x = torch.randn(1, 1, 16, 16, 24, requires_grad=True)
+    wide(x).square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in wide.parameters())
+
+
 @pytest.mark.parametrize("conditioning", ["film", "dynamic"])
 @pytest.mark.parametrize("topology", list(TOPOLOGIES))
 def test_task_conditioning_changes_outputs_and_gradients_reach_every_parameter(topology, conditioning) -> None:
@@ -113,6 +127,8 @@ def test_default_network_is_light() -> None:
         (lambda: small_net(num_tasks=2)(torch.randn(3, 1, 16, 16, 16), torch.tensor([0, 1])), "batch of 3"),
         (lambda: small_net(num_tasks=2, default_task=2), "default_task"),
         (lambda: small_net(default_task=0), "default_task"),
+        (lambda: small_net(topology="3to2d", bridge_kernel=4), "positive odd integer"),
+        (lambda: small_net(topology="2to3d", bridge_kernel=0), "positive odd integer"),
     ],
 )
 def test_bad_configurations_and_inputs_raise(make, message: str) -> None:

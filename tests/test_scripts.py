@@ -191,7 +191,8 @@ def test_study_dry_run_prints_the_sweep():
     e = bm.load_config(CONFIG_DIR / "train.json")["network_def"]["features_3d"][0]
     assert f"3to2d-c8-e{e}-r8 [front]: " in out.stdout and f"3d-e{e}-r4-n64 [data]: " in out.stdout
     assert f"3to2d-c1-e{e}-r4-l1 [loss]: " in out.stdout
-    assert "38 variants, 3 epochs x 36 steps each" in out.stdout
+    assert f"3to2d-c1-e{e}-emb2d-k5-r8 [front]: " in out.stdout and '"network_def#bridge_kernel": 5' in out.stdout
+    assert "42 variants, 3 epochs x 36 steps each" in out.stdout
 
 
 def test_pareto_front_and_picture(tmp_path):

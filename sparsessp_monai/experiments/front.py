@@ -106,6 +106,12 @@ def front_png(path: str | os.PathLike, rows: Sequence[dict[str, Any]], title: st
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
+def _embedding_cell(point: dict) -> str:
+    """The embedding, with the bridge kernel where it is not 1 x 1 (``2d 5x5``)."""
+    k = int(point.get("bridge_kernel") or 1)
+    return point["embedding"] + (f" {k}x{k}" if k != 1 else "")
+
+
 def front_markdown(rows: Sequence[dict[str, Any]], command: str, png_name: str = "study_front.png",
                    groups: Sequence[str] = FRONT_GROUPS, notes: str = "") -> str:
     """The table behind the picture, per ratio, with the command and date; ``front`` marks the Pareto points;
@@ -122,7 +128,7 @@ def front_markdown(rows: Sequence[dict[str, Any]], command: str, png_name: str =
         on_front = set(pareto_front([(float(p["train_step_s"]), float(p["r2"])) for p in points]))
         body = [
             [p["variant"] + (" (default)" if _is_default(p) else ""), p["topology"], format_cell(p["features_3d"]),
-             "" if p["topology"] == "3d" else format_cell(p["features_2d"]), p["embedding"], p["loss"],
+             "" if p["topology"] == "3d" else format_cell(p["features_2d"]), _embedding_cell(p), p["loss"],
              *(format_cell(float(p[k])) for k in ("r2", "pearson", "mae")), format_cell(float(p["params_m"]), 3),
              format_cell(float(p["gflop"]), 2), format_cell(float(p["train_step_s"]), 3),
              format_cell(float(p["infer_s"])), format_cell(float(p["train_peak_mib"]), 0),

@@ -175,7 +175,8 @@ def variant_key(settings: StudySettings, variant: Variant) -> str:
 def describe(config_file: str | os.PathLike, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """
     The study axes of a config with ``overrides``: topology, ratio, z-mapping, prefix mode, embedding, widths,
-    loss, data size, patch, epochs and steps per epoch, as plain values for result rows.
+    loss, data size, patch, epochs and steps per epoch, and the bridge kernel where it is not 1, as plain values
+    for result rows.
     """
     from sparsessp_monai.experiments.benchmarking import load_config
 
@@ -194,6 +195,8 @@ def describe(config_file: str | os.PathLike, overrides: Mapping[str, Any]) -> di
         "patch": list(parser.get_parsed_content("patch_size")),
         "epochs": int(trainer["max_epochs"]),
         "epoch_length": trainer.get("epoch_length"),
+        # only where it differs from the 1 x 1 default, so the axes recorded before the option existed still match
+        **({"bridge_kernel": kernel} if (kernel := int(parser.get("network_def#bridge_kernel", 1))) != 1 else {}),
     }
 
 

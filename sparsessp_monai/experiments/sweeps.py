@@ -5,8 +5,9 @@ of ``train.json``:
 - ``claims``: the paper's comparison: every topology at every ratio, plus prefix nearest, suffix z-mapping and 2D
   embedding (3to2d) at the ablation ratio; the default 3to2d is also evaluated at every other ratio.
 - ``front``: the accuracy-cost front at each ratio: 3to2d with 1, 2, 4 and 8 2D channels per output slice at full
-  resolution (``features_2d[0] = c * depth``, doubling per level up to 512), 3D vs 2D bridge embedding, two more
-  encoder widths; 3d at three widths, including the one that shares 3to2d's encoder.
+  resolution (``features_2d[0] = c * depth``, doubling per level up to 512), 3D vs 2D bridge embedding, 1 x 1 vs
+  5 x 5 bridge projections, two more encoder widths; 3d at three widths, including the one that shares 3to2d's
+  encoder.
 - ``loss``: L1 (the paper's loss) for the two best points (default: the default 3to2d and the 3d network with
   its encoder), against their MSE runs in ``front``.
 - ``data``: 4, 16 and 64 demo volumes per structure for the default and that 3d network. Every run has the same
@@ -129,11 +130,13 @@ def _encoder(width: int, levels: int) -> list[int]:
 
 
 def front_variants(config_file: str | os.PathLike, ratios: Sequence[int] = (4, 8),
-                   per_slice: Sequence[int] = (1, 2, 4, 8), encoders: Sequence[int] = (8, 16, 32)) -> list[Variant]:
+                   per_slice: Sequence[int] = (1, 2, 4, 8), encoders: Sequence[int] = (8, 16, 32),
+                   bridge_kernels: Sequence[int] = (5,)) -> list[Variant]:
     """
     The accuracy-cost front at each ratio (names as ``3to2d-c2-e16-r4``, ``3d-e16-r4``): 3to2d with the config's
     encoder and ``c`` channels per output slice; 3D vs 2D embedding at the narrowest and at 4 channels per slice;
-    3to2d with the other ``encoders`` (first-level widths, doubling per level); 3d at every encoder width.
+    3to2d with the other ``encoders`` (first-level widths, doubling per level); 3d at every encoder width; and the
+    default 3to2d with k x k bridge projections (``bridge_kernels``; ``-k5``), 3D and 2D embedding.
     """
     parser = load_config(config_file)
     depth, enc, c0 = _config_widths(parser)
@@ -157,6 +160,11 @@ def front_variants(config_file: str | os.PathLike, ratios: Sequence[int] = (4, 8
                 add(f"3to2d-c{c0}-e{w}", r, "3to2d", _encoder(w, levels), decoder_widths(c0, depth, levels))
         for w in encoders:
             add(f"3d-e{w}", r, "3d", enc if w == enc[0] else _encoder(w, levels), None)
+        for k in bridge_kernels:
+            for emb in ("3d", "2d"):
+                extra = {"network_def#bridge_kernel": k, **({"network_def#embedding": "2d"} if emb == "2d" else {})}
+                add(f"3to2d-c{c0}-e{enc[0]}{'-emb2d' if emb == '2d' else ''}-k{k}", r, "3to2d", enc,
+                    decoder_widths(c0, depth, levels), **extra)
     return out
 
 

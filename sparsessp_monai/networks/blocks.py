@@ -77,6 +77,13 @@ class ChannelMix3d(nn.Module):
         return self.adn(y)
 
 
+def _bridge_kernel(kernel_size: int) -> int:
+    """A bridge projection's in-plane kernel size: a positive odd integer ("same" padding)."""
+    if isinstance(kernel_size, bool) or int(kernel_size) != kernel_size or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"bridge kernel size must be a positive odd integer, got {kernel_size!r}.")
+    return int(kernel_size)
+
+
 class Fold3dTo2d(nn.Module):
     """
     Bridge a 3D feature map to a 2D one ("depth-to-channel" with an embedding to a common width).
@@ -86,6 +93,9 @@ class Fold3dTo2d(nn.Module):
     - ``embedding="2d"``: depth is folded first (``C * D`` channels), then a 1x1 Conv2d projects to ``F``; the
       projection mixes slices.
 
+    ``kernel_size`` k > 1 widens the projection in-plane: a k x k Conv2d for ``"2d"`` (the authors' 3->2D network
+    uses 5 x 5), a 1 x k x k Conv3d for ``"3d"`` (still shared by all slices); "same" padding either way.
+
     Input ``(B, C, D, H, W)``, output ``(B, out_channels, H, W)``.
 
     Args:
@@ -94,17 +104,22 @@ class Fold3dTo2d(nn.Module):
         width: target width ``F``.
         embedding: ``"3d"`` or ``"2d"``.
         act, norm: as in :class:`monai.networks.blocks.Convolution`.
+        kernel_size: odd in-plane kernel size of the projection (1: per pixel).
     """
 
-    def __init__(self, in_channels: int, depth: int, width: int, embedding: str, act, norm) -> None:
+    def __init__(self, in_channels: int, depth: int, width: int, embedding: str, act, norm,
+                 kernel_size: int = 1) -> None:
         super().__init__()
+        k = _bridge_kernel(kernel_size)
         if embedding == "3d":
             per_slice = max(1, -(-width // depth))
-            self.project = nn.Sequential(ChannelMix3d(in_channels, per_slice, act=act, norm=norm), DepthToChannel())
+            project = ChannelMix3d(in_channels, per_slice, act=act, norm=norm) if k == 1 else Convolution(
+                3, in_channels, per_slice, kernel_size=(1, k, k), act=act, norm=norm)
+            self.project = nn.Sequential(project, DepthToChannel())
             self.out_channels = per_slice * depth
         elif embedding == "2d":
             self.project = nn.Sequential(
-                DepthToChannel(), Convolution(2, in_channels * depth, width, kernel_size=1, act=act, norm=norm)
+                DepthToChannel(), Convolution(2, in_channels * depth, width, kernel_size=k, act=act, norm=norm)
             )
             self.out_channels = width
         else:
@@ -122,14 +137,18 @@ class Unfold2dTo3d(nn.Module):
     - ``embedding="3d"``: channels unfold to ``(C / D, D)`` first (``C`` must be a multiple of ``D``), then a
       1x1x1 Conv3d projects to ``F``.
 
+    ``kernel_size`` k > 1: a k x k Conv2d, or a 1 x k x k Conv3d, as in :class:`Fold3dTo2d`.
+
     Input ``(B, C, H, W)``, output ``(B, F, D, H, W)``.
     """
 
-    def __init__(self, in_channels: int, depth: int, width: int, embedding: str, act, norm) -> None:
+    def __init__(self, in_channels: int, depth: int, width: int, embedding: str, act, norm,
+                 kernel_size: int = 1) -> None:
         super().__init__()
+        k = _bridge_kernel(kernel_size)
         if embedding == "2d":
             self.project = nn.Sequential(
-                Convolution(2, in_channels, width * depth, kernel_size=1, act=act, norm=norm), ChannelToDepth(depth)
+                Convolution(2, in_channels, width * depth, kernel_size=k, act=act, norm=norm), ChannelToDepth(depth)
             )
         elif embedding == "3d":
             if in_channels % depth:
@@ -137,9 +156,9 @@ class Unfold2dTo3d(nn.Module):
                     f"embedding='3d' unfolds {in_channels} channels into depth {depth}: channels must be a multiple "
                     "of the depth; change the 2D widths or use embedding='2d'."
                 )
-            self.project = nn.Sequential(
-                ChannelToDepth(depth), ChannelMix3d(in_channels // depth, width, act=act, norm=norm)
-            )
+            project = ChannelMix3d(in_channels // depth, width, act=act, norm=norm) if k == 1 else Convolution(
+                3, in_channels // depth, width, kernel_size=(1, k, k), act=act, norm=norm)
+            self.project = nn.Sequential(ChannelToDepth(depth), project)
         else:
             raise ValueError(f"embedding must be '3d' or '2d', got {embedding!r}.")
         self.out_channels = width

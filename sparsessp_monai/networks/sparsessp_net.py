@@ -229,6 +229,8 @@ class SparseSSPNet(nn.Module):
             2D decoder ends in ``c`` channels per output slice, unfolded to ``(B, c, D_in, H, W)`` and concatenated
             with the first 3D encoder level, then 3x3x3 convolutions of widths ``w_1 .. w_n`` (one of width ``c``
             when ``n = 0``) and the head. Empty (default): the 2D head unfolds straight to the output.
+        bridge_kernel: 3to2d / 2to3d: odd in-plane kernel size of the bridges' projections (:class:`~sparsessp_monai.
+            networks.blocks.Fold3dTo2d`); 1 (default) projects per pixel, 5 is the authors' 3->2D choice.
 
     Example::
 
@@ -256,6 +258,7 @@ class SparseSSPNet(nn.Module):
         suffix_channels: int = 8,
         default_task: int | None = None,
         z_context: Sequence[int] = (),
+        bridge_kernel: int = 1,
     ) -> None:
         super().__init__()
         _check_arguments(
@@ -277,6 +280,7 @@ class SparseSSPNet(nn.Module):
         # C_h: channels per voxel out of the head, before the suffix z-mapping
         self.head_channels = suffix_channels if z_mapping == "suffix" else out_channels
         self.act, self.norm = act, norm
+        self.bridge_kernel = bridge_kernel
         self.levels = len(features_3d)
         self.in_depth = self.depth // self.ratio
         self.enc_dims, self.dec_dims = TOPOLOGIES[topology]
@@ -325,9 +329,11 @@ class SparseSSPNet(nn.Module):
         bridges = nn.ModuleList()
         for level, (width, depth) in enumerate(zip(self.enc_widths, self.level_depths)):
             if self.enc_dims == 3 and self.dec_dims == 2:
-                bridge = Fold3dTo2d(width, depth, self.dec_widths[level], self.embedding, self.act, self.norm)
+                bridge = Fold3dTo2d(width, depth, self.dec_widths[level], self.embedding, self.act, self.norm,
+                                    self.bridge_kernel)
             elif self.enc_dims == 2 and self.dec_dims == 3:
-                bridge = Unfold2dTo3d(width, depth, self.dec_widths[level], self.embedding, self.act, self.norm)
+                bridge = Unfold2dTo3d(width, depth, self.dec_widths[level], self.embedding, self.act, self.norm,
+                                      self.bridge_kernel)
             else:
                 bridge = nn.Identity()
             bridges.append(bridge)
