@@ -34,8 +34,16 @@ def gemm_gflops(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.f
 _CONVOLUTIONS = (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """Channels-last (2D or 3D) where ``x`` is stored so and not also contiguous, else the contiguous format."""
+    cl = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
+    if x.dim() >= 4 and not x.is_contiguous() and x.is_contiguous(memory_format=cl):
+        return cl
+    return torch.contiguous_format
+
+
 def _time_layer(
-    module: torch.nn.Module, x: torch.Tensor, channels_last: bool, input_grad: bool, precision: str, warmup: int,
+    module: torch.nn.Module, x: torch.Tensor, fmt: torch.memory_format, input_grad: bool, precision: str, warmup: int,
     repeats: int,
 ) -> tuple[float, float]:
     """(GFLOP, median seconds) of forward + backward of a copy of ``module`` on a random tensor shaped like ``x``."""
@@ -44,9 +52,6 @@ def _time_layer(
     from sparsessp_monai.experiments.benchmarking import autocast, median_time
 
     layer = copy.deepcopy(module).train()
-    fmt = torch.contiguous_format
-    if channels_last:
-        fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
     data = torch.randn(x.shape, dtype=x.dtype, device=x.device).contiguous(memory_format=fmt)
     data.requires_grad_(input_grad)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -94,11 +99,10 @@ def convolution_rates(
     rows: list[dict[str, Any]] = []
     timed: dict[tuple, tuple[float, float]] = {}
     for i, (name, module, x) in enumerate(seen):
-        channels_last = x.dim() >= 4 and not x.is_contiguous() and x.is_contiguous(
-            memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
-        key = (repr(module), tuple(x.shape), channels_last, i == 0)
+        fmt = _memory_format(x)
+        key = (repr(module), tuple(x.shape), fmt, i == 0)
         if key not in timed:
-            timed[key] = _time_layer(module, x, channels_last, i != 0, precision, warmup, repeats)
+            timed[key] = _time_layer(module, x, fmt, i != 0, precision, warmup, repeats)
         gflop, seconds = timed[key]
         rows.append({"name": name, "input": tuple(x.shape), "kernel": tuple(module.kernel_size), "gflop": gflop,
                      "ms": seconds * 1e3, "gflops": gflop / seconds, "gemm_fraction": gflop / seconds / gemm})

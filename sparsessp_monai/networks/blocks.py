@@ -84,6 +84,13 @@ def _bridge_kernel(kernel_size: int) -> int:
     return int(kernel_size)
 
 
+def _slice_projection(in_channels: int, out_channels: int, k: int, act, norm) -> nn.Module:
+    """The 3D embedding's projection, shared by all slices: per voxel (:class:`ChannelMix3d`) or 1 x k x k."""
+    if k == 1:
+        return ChannelMix3d(in_channels, out_channels, act=act, norm=norm)
+    return Convolution(3, in_channels, out_channels, kernel_size=(1, k, k), act=act, norm=norm)
+
+
 class Fold3dTo2d(nn.Module):
     """
     Bridge a 3D feature map to a 2D one ("depth-to-channel" with an embedding to a common width).
@@ -113,9 +120,7 @@ class Fold3dTo2d(nn.Module):
         k = _bridge_kernel(kernel_size)
         if embedding == "3d":
             per_slice = max(1, -(-width // depth))
-            project = ChannelMix3d(in_channels, per_slice, act=act, norm=norm) if k == 1 else Convolution(
-                3, in_channels, per_slice, kernel_size=(1, k, k), act=act, norm=norm)
-            self.project = nn.Sequential(project, DepthToChannel())
+            self.project = nn.Sequential(_slice_projection(in_channels, per_slice, k, act, norm), DepthToChannel())
             self.out_channels = per_slice * depth
         elif embedding == "2d":
             self.project = nn.Sequential(
@@ -156,9 +161,9 @@ class Unfold2dTo3d(nn.Module):
                     f"embedding='3d' unfolds {in_channels} channels into depth {depth}: channels must be a multiple "
                     "of the depth; change the 2D widths or use embedding='2d'."
                 )
-            project = ChannelMix3d(in_channels // depth, width, act=act, norm=norm) if k == 1 else Convolution(
-                3, in_channels // depth, width, kernel_size=(1, k, k), act=act, norm=norm)
-            self.project = nn.Sequential(ChannelToDepth(depth), project)
+            self.project = nn.Sequential(
+                ChannelToDepth(depth), _slice_projection(in_channels // depth, width, k, act, norm)
+            )
         else:
             raise ValueError(f"embedding must be '3d' or '2d', got {embedding!r}.")
         self.out_channels = width
