@@ -16,10 +16,15 @@ Examples (docs/ct.md has the figures and how long they take)::
         --ratio 4 --train_slices 90 --work_dir runs/ct_chest_r4
     # the MNI T1 template (1 mm isotropic, so depth swaps are allowed)
     python scripts/ct_heldout.py --modality MR --depth_swap_prob 0.5 --work_dir runs/ct_heldout
+    # the same model also scored on other real CT volumes it never saw (NIfTI or NRRD; docs/ct.md says where the
+    # two lung CTs of pyradiomics' test data come from)
+    python scripts/ct_heldout.py --volume ../shared/data/ct/chest_ct_2mm_141sl_HU.nii.gz --modality CT \\
+        --ratio 4 --train_slices 90 --work_dir runs/ct_chest_r4 --external lung1_image.nrrd lung2_image.nrrd
 
 Prints the per-method means, the model's margins over both interpolations on the non-acquired slices and whether
-it beats both on PSNR, SSIM and MAE; writes ``WORK/result.json``. Exits with 2 and one line when the input volume
-is missing or too small for the split.
+it beats both on PSNR, SSIM and MAE, and with ``--external`` the same per volume for each external volume (scored
+whole, its axial axis trimmed to a multiple of r); writes ``WORK/result.json``. Exits with 2 and one line when an
+input volume is missing, unreadable or too small for the split.
 """
 
 from __future__ import annotations
@@ -43,6 +48,27 @@ LOSSES = {
 }
 
 
+def read_volume(path: Path):
+    """A 3D volume as a ``nibabel`` NIfTI image with its world (RAS+) affine: NIfTI through nibabel, NRRD (3D
+    Slicer's format, e.g. the CT cases of pyradiomics' test data) through MONAI's ``NrrdReader`` (``pynrrd``),
+    whose affine is converted from the file's LPS space."""
+    import nibabel as nib
+
+    if not path.name.lower().endswith(".nrrd"):
+        return nib.load(str(path))
+    from monai.data import NrrdReader
+    from monai.utils import optional_import
+
+    if not optional_import("nrrd")[1]:
+        raise ValueError(f"{path}: reading NRRD needs pynrrd (pip install pynrrd).")
+    reader = NrrdReader(dtype=None)
+    data, meta = reader.get_data(reader.read(str(path)))
+    data = np.asarray(data)
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 3D volume, got shape {data.shape}.")
+    return nib.Nifti1Image(data, np.asarray(meta["affine"], dtype=np.float64))
+
+
 def write_slabs(
     volume: Path, out: Path, train_slices: int, gap: int, ratio: int, train_side: str = "inferior"
 ) -> dict[str, list[dict[str, str]]]:
@@ -51,7 +77,7 @@ def write_slabs(
     returns the datalist."""
     import nibabel as nib
 
-    img = nib.load(str(volume))
+    img = read_volume(volume)
     if len(img.shape) != 3:
         raise ValueError(f"{volume}: expected a 3D volume, got shape {img.shape}.")
     codes = nib.aff2axcodes(img.affine)
@@ -83,6 +109,37 @@ def write_slabs(
     return datalist
 
 
+def write_external(volumes: list[Path], out: Path, ratio: int, training: str) -> list[str]:
+    """Write each of ``volumes`` whole, its axial axis trimmed from the superior end to a multiple of ``ratio``, as
+    ``out/<name>.nii.gz`` with its world affine, and ``out/datalist.json`` with them as the validation split (and
+    ``training``, a path relative to ``out``, as the training split the configs also resolve); returns the names."""
+    import nibabel as nib
+
+    names = [p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem for p in volumes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"external volumes must have distinct names, got {[str(p) for p in volumes]}.")
+    out.mkdir(parents=True, exist_ok=True)
+    for path, name in zip(volumes, names):
+        img = read_volume(path)
+        if len(img.shape) != 3:
+            raise ValueError(f"{path}: expected a 3D volume, got shape {img.shape}.")
+        codes = nib.aff2axcodes(img.affine)
+        axis = next(i for i, c in enumerate(codes) if c in ("S", "I"))
+        depth = img.shape[axis] // ratio * ratio
+        if depth < 2 * ratio:
+            raise ValueError(f"{path}: {img.shape[axis]} axial slices are too few for ratio {ratio}.")
+        keep = np.arange(depth) if codes[axis] == "S" else np.arange(img.shape[axis] - depth, img.shape[axis])
+        shift = np.eye(4)
+        shift[axis, 3] = keep[0]
+        data = np.take(np.asarray(img.dataobj), keep, axis=axis)
+        if not np.isfinite(data).all():
+            raise ValueError(f"{path}: contains NaN/Inf values.")
+        nib.save(nib.Nifti1Image(data, img.affine @ shift), str(out / f"{name}.nii.gz"))
+    datalist = {"training": [{"image": training}], "validation": [{"image": f"{n}.nii.gz"} for n in names]}
+    (out / "datalist.json").write_text(json.dumps(datalist, indent=2))
+    return names
+
+
 # training options of this script -> the config ids they override; None (the default) keeps the config's value.
 # --prefix_mode and --patch are set for training and evaluation alike (see `common` in main)
 TRAIN_OPTIONS = {
@@ -104,6 +161,26 @@ def margins(summary: dict[str, float], subset: str = "missing") -> dict[str, dic
     return {b: {m: sign[m] * summary[f"{m}_{subset}_model_minus_{b}"] for m in sign} for b in BASELINES}
 
 
+def external_scores(per_volume_csv: Path, names: list[str]) -> dict[str, dict]:
+    """Per external volume (by name): every method's PSNR / SSIM / MAE on the missing slices, the model's signed
+    margins over both interpolations (> 0: the model is better) and whether it beats both on all three."""
+    import csv
+
+    with open(per_volume_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    sign = {"psnr": 1.0, "ssim": 1.0, "mae": -1.0}
+    scores = {}
+    for name in names:
+        row = next((r for r in rows if Path(r["filename"]).name == f"{name}.nii.gz"), None)
+        if row is None:
+            raise RuntimeError(f"{per_volume_csv}: no row for {name}.nii.gz")
+        value = {m: {k: float(row[f"{m}_{k}_missing"]) for k in sign} for m in ("model", *BASELINES)}
+        won = {b: {k: s * (value["model"][k] - value[b][k]) for k, s in sign.items()} for b in BASELINES}
+        beats = all(v > 0 for m in won.values() for v in m.values())
+        scores[name] = {**value, "margins": won, "beats_both": beats}
+    return scores
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the held-out experiment; returns the process exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -118,6 +195,13 @@ def main(argv: list[str] | None = None) -> int:
         default="inferior",
         choices=("inferior", "superior"),
         help="end of the volume the training slab is taken from; the held-out slab is at the other end",
+    )
+    parser.add_argument(
+        "--external",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="other real thin-slice volumes (NIfTI or NRRD) the trained model is also scored on, each whole",
     )
     group = parser.add_argument_group("training (default: the value in ct_train.json / train.json)")
     group.add_argument("--epochs", type=int, help="epochs (train#trainer#max_epochs)")
@@ -135,15 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    if not args.volume.is_file():
-        print(f"error: {args.volume} not found (the real volumes live in ../shared/data/).", file=sys.stderr)
-        return 2
+    for volume in (args.volume, *args.external):
+        if not volume.is_file():
+            print(f"error: {volume} not found (the real volumes live in ../shared/data/).", file=sys.stderr)
+            return 2
     from monai.bundle import run
 
     data_dir, root = args.work_dir / "data", args.work_dir / "bundle"
+    external_dir = args.work_dir / "external"
     try:
         write_slabs(args.volume, data_dir, args.train_slices, args.gap, args.ratio, args.train_side)
-    except ValueError as e:
+        names = write_external(args.external, external_dir, args.ratio, "../data/train.nii.gz") if args.external else []
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     common = {"bundle_root": str(root), "dataset_dir": str(data_dir), "modality": args.modality, "ratio": args.ratio}
@@ -160,14 +247,17 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     run("training", config_file=[str(CONFIGS / c) for c in ("train.json", "ct_train.json")], **common, **overrides)
     train_s = time.perf_counter() - start
-    run(
-        "evaluating",
-        config_file=[str(CONFIGS / c) for c in ("train.json", "ct_train.json", "evaluate.json", "ct_evaluate.json")],
-        **common,
-        ckpt_path=str(root / "models" / "ct" / "checkpoint_final.pt"),
-    )
+    evaluate = [str(CONFIGS / c) for c in ("train.json", "ct_train.json", "evaluate.json", "ct_evaluate.json")]
+    ckpt = str(root / "models" / "ct" / "checkpoint_final.pt")
+    run("evaluating", config_file=evaluate, **common, ckpt_path=ckpt)
     summary = json.loads((root / "eval" / "ct" / "thin_slice_summary.json").read_text())
     unit = "HU" if args.modality == "CT" else "intensity units"
+    external = {}
+    if names:
+        external_eval = root / "eval" / "ct_external"
+        run("evaluating", config_file=evaluate, **{**common, "dataset_dir": str(external_dir)}, ckpt_path=ckpt,
+            output_dir=str(external_eval))  # fmt: skip
+        external = external_scores(external_eval / "thin_slice_per_volume.csv", names)
     print(f"\nheld-out slab, ratio {args.ratio}, training overrides {overrides}, train {train_s:.0f} s")
     print(f"{'method':<10} {'subset':<8} {'PSNR dB':>8} {'SSIM':>7} {'MAE ' + unit:>22}")
     for subset in ("missing", "all"):
@@ -184,8 +274,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     beats = all(v > 0 for m in won.values() for v in m.values())
     print(f"model beats both interpolations on PSNR, SSIM and MAE: {'yes' if beats else 'no'}")
+    for name, scores in external.items():
+        print(f"\nexternal volume {name} (whole, missing slices): "
+              + ", ".join(f"{method} {scores[method]['psnr']:.3f} dB / {scores[method]['ssim']:.4f} / "
+                          f"{scores[method]['mae']:.3f}" for method in ("model", *BASELINES)))  # fmt: skip
+        for baseline, m in scores["margins"].items():
+            print(f"  model vs {baseline}: PSNR {m['psnr']:+.3f} dB, SSIM {m['ssim']:+.4f}, MAE {m['mae']:+.3f} {unit}")
+        print(f"  beats both on PSNR, SSIM and MAE: {'yes' if scores['beats_both'] else 'no'}")
     result = {"argv": sys.argv[1:] if argv is None else list(argv), "train_seconds": train_s, "overrides": overrides,
-              "summary": summary, "margins_missing": won, "beats_both": beats}  # fmt: skip
+              "summary": summary, "margins_missing": won, "beats_both": beats, "external": external}  # fmt: skip
     (args.work_dir / "result.json").write_text(json.dumps(result, indent=2))
     return 0
 

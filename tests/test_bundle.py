@@ -53,19 +53,22 @@ def test_training_command_writes_checkpoints_and_metrics_under_bundle_root(train
 
 
 def test_training_learns_beyond_a_constant_prediction(tmp_path: Path, run_bundle) -> None:
-    """The user's command on one structure for 120 steps must predict better than any constant (R2 <= 0 there)."""
+    """The user's command on one structure for 40 steps must predict better than any constant (R2 <= 0 there)."""
     proc = run_bundle(
         "training", "--config_file", TRAIN, "--bundle_root", str(tmp_path), "--train#trainer#max_epochs", "20",
-        "--structures", "['nucleoli']", "--demo#num_per_structure", "4", "--demo#shape", "[32,64,64]",
+        "--structures", "['dna']", "--demo#num_per_structure", "4", "--demo#shape", "[32,64,64]",
         "--patch_size", "[32,32,32]", "--val_roi_size", "[32,64,64]", "--samples_per_volume", "4",
         "--batch_size", "2", "--val_interval", "20",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-4000:]
     with open(tmp_path / "eval" / "metrics_per_structure.csv") as f:
-        row = {r["structure"]: r for r in csv.DictReader(f)}["nucleoli"]
-    # measured 0.21 / 0.46 (seed 0); a model predicting zeros or the mean scores R2 <= 0 and no correlation
-    assert float(row["val_r2"]) > 0.1, row
-    assert float(row["val_pearson"]) > 0.3, row
+        row = {r["structure"]: r for r in csv.DictReader(f)}["dna"]
+    # measured R2 0.53 / 0.52, Pearson r 0.75 / 0.73 (seeds 0 / 1, fp32 on AVX512 without bf16); a model predicting
+    # zeros or the mean scores R2 <= 0 and no correlation. The nuclei are the structure the demo model learns first:
+    # with the small nucleoli 40 steps gave R2 0.01-0.21 depending on the CPU's arithmetic (fp32, emulated or
+    # native bf16), too close to any bar.
+    assert float(row["val_r2"]) > 0.25, row
+    assert float(row["val_pearson"]) > 0.5, row
 
 
 def test_resume_continues_from_the_last_interval_checkpoint(trained: Path, tmp_path: Path, run_bundle) -> None:

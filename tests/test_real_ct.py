@@ -1,6 +1,7 @@
 """
 The real chest CT of ../shared/data/ct through scripts/ct_heldout.py: the slab split (disjoint, with its gap, exact
-world affines, either end) and the whole train-then-evaluate command on an in-plane crop of the real volume.
+world affines, either end), NRRD volumes read with their world affine, and the whole train-then-evaluate command on an
+in-plane crop of the real volume, with an external volume (NRRD) scored by the same model.
 Skips with the reason where ../shared/data is absent.
 """
 
@@ -67,13 +68,38 @@ def test_slabs_are_disjoint_real_slices_with_the_gap(chest_crop: Path, tmp_path:
         np.testing.assert_array_equal(np.asarray(slab.dataobj), np.take(data, src, axis=axis))
 
 
+def _write_nrrd_lps(img: nib.Nifti1Image, path: Path) -> None:
+    """``img`` as an NRRD file in LPS space, the way 3D Slicer and pyradiomics store CT (RAS -> LPS: negate the
+    first two world axes)."""
+    import nrrd
+
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine
+    header = {"space": "left-posterior-superior", "space directions": lps[:3, :3].T, "space origin": lps[:3, 3]}
+    nrrd.write(str(path), np.asarray(img.dataobj), header)
+
+
+def test_nrrd_volume_reads_as_the_same_array_and_world_affine(chest_crop: Path, tmp_path: Path) -> None:
+    pytest.importorskip("nrrd", reason="pynrrd is not installed (pip install -e '.[test]')")
+    img = nib.load(str(chest_crop)).slicer[:, :, 20:60]
+    _write_nrrd_lps(img, tmp_path / "crop.nrrd")
+    back = ct_heldout.read_volume(tmp_path / "crop.nrrd")
+    np.testing.assert_array_equal(np.asarray(back.dataobj), np.asarray(img.dataobj))
+    np.testing.assert_allclose(back.affine, img.affine, atol=1e-6)
+    assert nib.aff2axcodes(back.affine) == nib.aff2axcodes(img.affine)
+
+
 def test_heldout_command_trains_and_scores_model_against_both_interpolations(
     chest_crop: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    pytest.importorskip("nrrd", reason="pynrrd is not installed (pip install -e '.[test]')")
     work = tmp_path / "work"
+    # an "external" volume: the superior 41 slices, cropped elsewhere in-plane, as NRRD; trimmed to 40 for r = 2
+    full = nib.load(str(CHEST))
+    _write_nrrd_lps(full.slicer[256:352, 160:256, 100:], tmp_path / "other_ct.nrrd")
     argv = ["--volume", str(chest_crop), "--work_dir", str(work), "--modality", "CT", "--ratio", "2",
             "--train_slices", "90", "--gap", "8", "--epochs", "2", "--epoch_length", "1", "--samples", "1",
-            "--patch", "16", "32", "32", "--loss", "mse+ssim", "--prefix_mode", "cubic"]  # fmt: skip
+            "--patch", "16", "32", "32", "--loss", "mse+ssim", "--prefix_mode", "cubic",
+            "--external", str(tmp_path / "other_ct.nrrd")]  # fmt: skip
     assert ct_heldout.main(argv) == 0
     out = capsys.readouterr().out
     assert "held-out slab, ratio 2" in out and "model vs cubic (missing slices" in out
@@ -90,6 +116,18 @@ def test_heldout_command_trains_and_scores_model_against_both_interpolations(
     # the final weights of the two epochs were evaluated, not a checkpoint selected on the held-out slab
     assert (work / "bundle" / "models" / "ct" / "checkpoint_final.pt").is_file()
     assert not (work / "bundle" / "models" / "ct" / "model.pt").exists()
+    # the external volume: written whole (trimmed to a multiple of r) and scored by the same final weights
+    other = nib.load(str(work / "external" / "other_ct.nii.gz"))
+    assert other.shape == (96, 96, 40)
+    np.testing.assert_allclose(other.affine, full.slicer[256:352, 160:256, 100:140].affine, atol=1e-6)
+    assert "external volume other_ct (whole, missing slices)" in out
+    ext = result["external"]["other_ct"]
+    assert set(ext["margins"]) == {"trilinear", "cubic"} and isinstance(ext["beats_both"], bool)
+    for method in ("model", "trilinear", "cubic"):
+        assert 15 < ext[method]["psnr"] < 60 and 0 < ext[method]["ssim"] <= 1 and 0 < ext[method]["mae"] < 300
+    assert ext["margins"]["cubic"]["psnr"] == pytest.approx(ext["model"]["psnr"] - ext["cubic"]["psnr"])
+    per_volume = (work / "bundle" / "eval" / "ct_external" / "thin_slice_per_volume.csv").read_text()
+    assert "other_ct.nii.gz" in per_volume and "heldout.nii.gz" not in per_volume
 
 
 def test_heldout_command_refuses_a_missing_volume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
