@@ -148,7 +148,9 @@ TRAIN_OPTIONS = {
     "samples": "samples_per_volume",
     "lr": "learning_rate",
     "depth_swap_prob": "depth_swap_prob",
+    "depth_zoom_prob": "depth_zoom_prob",
     "ssim_weight": "ssim_weight",
+    "seed": "seed",
 }
 BASELINES = ("trilinear", "cubic")
 
@@ -217,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="probability of training on a patch whose depth axis is the sagittal or coronal one (isotropic data)",
     )
+    group.add_argument(
+        "--depth_zoom_prob",
+        type=float,
+        help="probability of training on the volume resampled to thicker slices (depth_zoom_prob)",
+    )
+    group.add_argument("--seed", type=int, help="seed of initialisation and augmentation (seed)")
     args = parser.parse_args(argv)
 
     for volume in (args.volume, *args.external):

@@ -162,6 +162,39 @@ def test_keep_acquired_slices_copies_measured_values_only() -> None:
     assert float(out[:, 3].abs().sum()) == 0.0
 
 
+def test_training_patches_from_thicker_slices_keep_the_target_and_its_sparse_input_aligned(tmp_path: Path) -> None:
+    """ct_train.json's depth zoom (``depth_zoom_prob``: thicker slices by averaging, so a model trained on 2 mm slices
+    also sees the gaps of 5 mm data) acts on the image before the target is copied from it: every patch's target is
+    the zoomed volume and its input keeps every r-th slice of that target exactly."""
+    from monai.bundle import ConfigParser
+
+    path = save_nifti(tmp_path / "phantom.nii.gz", make_ct_phantom(1, shape=(40, 40, 60)), (3.0, 3.0, 1.0))
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundle" / "configs" / c) for c in ("train.json", "ct_train.json")])
+    parser["bundle_root"] = str(tmp_path)
+    # off by default (0): then the zoom is not in the chain at all, so it draws no seed and the default's
+    # augmentation is what it was before the option existed
+    default = [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
+    assert "RandZoomd" not in default and default.count("CopyItemsd") == 1
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundle" / "configs" / c) for c in ("train.json", "ct_train.json")])
+    parser.update({"bundle_root": str(tmp_path), "depth_zoom_prob": 1.0, "depth_zoom_min": 0.5, "ratio": 2,
+                   "patch_size": [16, 32, 32], "samples_per_volume": 3})  # fmt: skip
+    preprocess = parser.get_parsed_content("train#preprocessing")
+    preprocess.set_random_state(3)
+    depths = set()
+    for _ in range(4):
+        for patch in preprocess({"image": str(path)}):
+            image, label = patch["image"], patch["label"]
+            assert image.shape == label.shape == (1, 16, 32, 32)
+            # the acquired slices (the random phase's) are the target's, the rest interpolated
+            hits = [k for k in range(2) if torch.equal(image[:, k::2], label[:, k::2])]
+            assert len(hits) == 1, "the input must keep every 2nd slice of the target exactly"
+            depths.add(round(float(np.linalg.norm(label.affine[:3, 0].numpy())), 3))  # the target's slice spacing
+    # 60 slices of 1 mm zoomed by [0.5, 1]: thicker than 1 mm, at most 2 mm (up to rounding of the slice count)
+    assert all(1.0 < d <= 2.05 for d in depths) and len(depths) > 1, depths
+
+
 def test_ct_datalist_from_datalist_folder_or_errors(tmp_path: Path) -> None:
     lps = make_ct_phantom(1, shape=(16, 16, 12), spacing=(4.0, 4.0, 1.0))
     folder = tmp_path / "user"
