@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -55,14 +56,20 @@ def read_volume(path: Path):
     import nibabel as nib
 
     if not path.name.lower().endswith(".nrrd"):
-        return nib.load(str(path))
+        try:
+            return nib.load(str(path))
+        except Exception as e:  # nibabel's ImageFileError and friends: one line naming the file
+            raise ValueError(f"{path}: not a readable NIfTI file ({e})") from e
     from monai.data import NrrdReader
     from monai.utils import optional_import
 
     if not optional_import("nrrd")[1]:
         raise ValueError(f"{path}: reading NRRD needs pynrrd (pip install pynrrd).")
     reader = NrrdReader(dtype=None)
-    data, meta = reader.get_data(reader.read(str(path)))
+    try:
+        data, meta = reader.get_data(reader.read(str(path)))
+    except Exception as e:  # pynrrd's NRRDError is no ValueError
+        raise ValueError(f"{path}: not a readable NRRD file ({e})") from e
     data = np.asarray(data)
     if data.ndim != 3:
         raise ValueError(f"{path}: expected a 3D volume, got shape {data.shape}.")
@@ -235,10 +242,13 @@ def main(argv: list[str] | None = None) -> int:
 
     data_dir, root = args.work_dir / "data", args.work_dir / "bundle"
     external_dir = args.work_dir / "external"
+    fresh = not args.work_dir.exists()
     try:
         write_slabs(args.volume, data_dir, args.train_slices, args.gap, args.ratio, args.train_side)
         names = write_external(args.external, external_dir, args.ratio, "../data/train.nii.gz") if args.external else []
     except (ValueError, OSError) as e:
+        if fresh:  # a bad volume leaves nothing behind in a work folder this call created
+            shutil.rmtree(args.work_dir, ignore_errors=True)
         print(f"error: {e}", file=sys.stderr)
         return 2
     common = {"bundle_root": str(root), "dataset_dir": str(data_dir), "modality": args.modality, "ratio": args.ratio}

@@ -134,3 +134,17 @@ def test_heldout_command_refuses_a_missing_volume(tmp_path: Path, capsys: pytest
     assert ct_heldout.main(["--volume", str(tmp_path / "absent.nii.gz"), "--work_dir", str(tmp_path / "w")]) == 2
     assert "absent.nii.gz" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_heldout_command_refuses_an_unreadable_external_volume_and_leaves_nothing(
+    chest_crop: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    pytest.importorskip("nrrd", reason="pynrrd is not installed (pip install -e '.[test]')")
+    bad = tmp_path / "broken.nrrd"
+    bad.write_text("not an NRRD file\n")
+    argv = ["--volume", str(chest_crop), "--work_dir", str(tmp_path / "w"), "--train_slices", "90",
+            "--external", str(bad)]  # fmt: skip
+    assert ct_heldout.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "broken.nrrd" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "w").exists() and bad.read_text() == "not an NRRD file\n"
