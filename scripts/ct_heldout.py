@@ -52,14 +52,18 @@ LOSSES = {
 def read_volume(path: Path):
     """A 3D volume as a ``nibabel`` NIfTI image with its world (RAS+) affine: NIfTI through nibabel, NRRD (3D
     Slicer's format, e.g. the CT cases of pyradiomics' test data) through MONAI's ``NrrdReader`` (``pynrrd``),
-    whose affine is converted from the file's LPS space."""
+    whose affine is converted from the file's LPS space. Raises ValueError naming the file when it is unreadable or
+    not 3D."""
     import nibabel as nib
 
     if not path.name.lower().endswith(".nrrd"):
         try:
-            return nib.load(str(path))
+            img = nib.load(str(path))
         except Exception as e:  # nibabel's ImageFileError and friends: one line naming the file
             raise ValueError(f"{path}: not a readable NIfTI file ({e})") from e
+        if len(img.shape) != 3:
+            raise ValueError(f"{path}: expected a 3D volume, got shape {img.shape}.")
+        return img
     from monai.data import NrrdReader
     from monai.utils import optional_import
 
@@ -76,25 +80,39 @@ def read_volume(path: Path):
     return nib.Nifti1Image(data, np.asarray(meta["affine"], dtype=np.float64))
 
 
+def _axial_axis(img) -> tuple[int, bool]:
+    """The storage axis of ``img`` that runs inferior-superior, and whether its index grows superiorly."""
+    import nibabel as nib
+
+    codes = nib.aff2axcodes(img.affine)
+    axis = next(i for i, c in enumerate(codes) if c in ("S", "I"))
+    return axis, codes[axis] == "S"
+
+
+def _save_slab(img, slab: np.ndarray, first: int, axis: int, path: Path) -> None:
+    """Save ``slab``, the consecutive storage slices of ``img`` along ``axis`` from index ``first`` on, as NIfTI
+    with the world affine of ``img`` shifted to that slice."""
+    import nibabel as nib
+
+    shift = np.eye(4)
+    shift[axis, 3] = first
+    nib.save(nib.Nifti1Image(slab, img.affine @ shift), str(path))
+
+
 def write_slabs(
     volume: Path, out: Path, train_slices: int, gap: int, ratio: int, train_side: str = "inferior"
 ) -> dict[str, list[dict[str, str]]]:
     """Write the ``train_slices`` axial slices at the ``train_side`` end ("inferior" or "superior") and, after
     ``gap`` slices, the rest (trimmed to a multiple of ``ratio``) as two NIfTI volumes with their world affines;
     returns the datalist."""
-    import nibabel as nib
-
     img = read_volume(volume)
-    if len(img.shape) != 3:
-        raise ValueError(f"{volume}: expected a 3D volume, got shape {img.shape}.")
-    codes = nib.aff2axcodes(img.affine)
-    axis = next(i for i, c in enumerate(codes) if c in ("S", "I"))
+    axis, superior_up = _axial_axis(img)
     data = np.asarray(img.dataobj, dtype=np.float32)
     if not np.isfinite(data).all():
         raise ValueError(f"{volume}: contains NaN/Inf values.")
     depth = data.shape[axis]
     # storage index of the k-th slice counted from the inferior end
-    inferior = np.arange(depth) if codes[axis] == "S" else np.arange(depth)[::-1]
+    inferior = np.arange(depth) if superior_up else np.arange(depth)[::-1]
     if train_side not in ("inferior", "superior"):
         raise ValueError(f"train_side must be 'inferior' or 'superior', got {train_side!r}.")
     order = inferior if train_side == "inferior" else inferior[::-1]
@@ -106,10 +124,7 @@ def write_slabs(
     items = {}
     for name, start, count in (("train", 0, train_slices), ("heldout", test_start, test_depth)):
         idx = np.sort(order[start : start + count])
-        shift = np.eye(4)
-        shift[axis, 3] = idx[0]
-        slab = nib.Nifti1Image(np.take(data, idx, axis=axis), img.affine @ shift)
-        nib.save(slab, str(out / f"{name}.nii.gz"))
+        _save_slab(img, np.take(data, idx, axis=axis), int(idx[0]), axis, out / f"{name}.nii.gz")
         items[name] = [{"image": f"{name}.nii.gz"}]
     datalist = {"training": items["train"], "validation": items["heldout"]}
     (out / "datalist.json").write_text(json.dumps(datalist, indent=2))
@@ -120,28 +135,21 @@ def write_external(volumes: list[Path], out: Path, ratio: int, training: str) ->
     """Write each of ``volumes`` whole, its axial axis trimmed from the superior end to a multiple of ``ratio``, as
     ``out/<name>.nii.gz`` with its world affine, and ``out/datalist.json`` with them as the validation split (and
     ``training``, a path relative to ``out``, as the training split the configs also resolve); returns the names."""
-    import nibabel as nib
-
     names = [p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem for p in volumes]
     if len(set(names)) != len(names):
         raise ValueError(f"external volumes must have distinct names, got {[str(p) for p in volumes]}.")
     out.mkdir(parents=True, exist_ok=True)
     for path, name in zip(volumes, names):
         img = read_volume(path)
-        if len(img.shape) != 3:
-            raise ValueError(f"{path}: expected a 3D volume, got shape {img.shape}.")
-        codes = nib.aff2axcodes(img.affine)
-        axis = next(i for i, c in enumerate(codes) if c in ("S", "I"))
+        axis, superior_up = _axial_axis(img)
         depth = img.shape[axis] // ratio * ratio
         if depth < 2 * ratio:
             raise ValueError(f"{path}: {img.shape[axis]} axial slices are too few for ratio {ratio}.")
-        keep = np.arange(depth) if codes[axis] == "S" else np.arange(img.shape[axis] - depth, img.shape[axis])
-        shift = np.eye(4)
-        shift[axis, 3] = keep[0]
+        keep = np.arange(depth) if superior_up else np.arange(img.shape[axis] - depth, img.shape[axis])
         data = np.take(np.asarray(img.dataobj), keep, axis=axis)
         if not np.isfinite(data).all():
             raise ValueError(f"{path}: contains NaN/Inf values.")
-        nib.save(nib.Nifti1Image(data, img.affine @ shift), str(out / f"{name}.nii.gz"))
+        _save_slab(img, data, int(keep[0]), axis, out / f"{name}.nii.gz")
     datalist = {"training": [{"image": training}], "validation": [{"image": f"{n}.nii.gz"} for n in names]}
     (out / "datalist.json").write_text(json.dumps(datalist, indent=2))
     return names
@@ -160,14 +168,20 @@ TRAIN_OPTIONS = {
     "seed": "seed",
 }
 BASELINES = ("trilinear", "cubic")
+# sign that turns "model minus baseline" into "> 0: the model is better" (PSNR and SSIM higher, MAE lower)
+BETTER = {"psnr": 1.0, "ssim": 1.0, "mae": -1.0}
+
+
+def beats_both(won: dict[str, dict[str, float]]) -> bool:
+    """Whether every signed margin of :func:`margins` / :func:`external_scores` is positive."""
+    return all(v > 0 for m in won.values() for v in m.values())
 
 
 def margins(summary: dict[str, float], subset: str = "missing") -> dict[str, dict[str, float]]:
     """The evaluation's model-minus-baseline margins (``<metric>_<subset>_model_minus_<baseline>`` of
     ``thin_slice_summary.json``), signed so that a positive margin means the model is better (PSNR and SSIM higher,
     MAE lower)."""
-    sign = {"psnr": 1.0, "ssim": 1.0, "mae": -1.0}
-    return {b: {m: sign[m] * summary[f"{m}_{subset}_model_minus_{b}"] for m in sign} for b in BASELINES}
+    return {b: {m: sign * summary[f"{m}_{subset}_model_minus_{b}"] for m, sign in BETTER.items()} for b in BASELINES}
 
 
 def external_scores(per_volume_csv: Path, names: list[str]) -> dict[str, dict]:
@@ -177,16 +191,14 @@ def external_scores(per_volume_csv: Path, names: list[str]) -> dict[str, dict]:
 
     with open(per_volume_csv, newline="") as f:
         rows = list(csv.DictReader(f))
-    sign = {"psnr": 1.0, "ssim": 1.0, "mae": -1.0}
     scores = {}
     for name in names:
         row = next((r for r in rows if Path(r["filename"]).name == f"{name}.nii.gz"), None)
         if row is None:
             raise RuntimeError(f"{per_volume_csv}: no row for {name}.nii.gz")
-        value = {m: {k: float(row[f"{m}_{k}_missing"]) for k in sign} for m in ("model", *BASELINES)}
-        won = {b: {k: s * (value["model"][k] - value[b][k]) for k, s in sign.items()} for b in BASELINES}
-        beats = all(v > 0 for m in won.values() for v in m.values())
-        scores[name] = {**value, "margins": won, "beats_both": beats}
+        value = {m: {k: float(row[f"{m}_{k}_missing"]) for k in BETTER} for m in ("model", *BASELINES)}
+        won = {b: {k: s * (value["model"][k] - value[b][k]) for k, s in BETTER.items()} for b in BASELINES}
+        scores[name] = {**value, "margins": won, "beats_both": beats_both(won)}
     return scores
 
 
@@ -290,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             f"model vs {baseline} (missing slices; > 0: model better): PSNR {m['psnr']:+.3f} dB, "
             f"SSIM {m['ssim']:+.4f}, MAE {m['mae']:+.3f} {unit}"
         )
-    beats = all(v > 0 for m in won.values() for v in m.values())
+    beats = beats_both(won)
     print(f"model beats both interpolations on PSNR, SSIM and MAE: {'yes' if beats else 'no'}")
     for name, scores in external.items():
         print(f"\nexternal volume {name} (whole, missing slices): "
