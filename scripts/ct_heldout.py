@@ -131,25 +131,50 @@ def write_slabs(
     return datalist
 
 
+def _names(volumes: list[Path]) -> list[str]:
+    """File names without the ``.nii.gz`` / ``.nii`` / ``.nrrd`` suffix."""
+    return [p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem for p in volumes]
+
+
+def _write_whole(path: Path, out: Path, ratio: int) -> None:
+    """Write the volume at ``path`` whole as NIfTI ``out`` with its world affine, its axial axis trimmed from the
+    superior end to a multiple of ``ratio`` (1: not trimmed)."""
+    img = read_volume(path)
+    axis, superior_up = _axial_axis(img)
+    depth = img.shape[axis] // ratio * ratio
+    if depth < max(2 * ratio, 8):
+        raise ValueError(f"{path}: {img.shape[axis]} axial slices are too few for ratio {ratio}.")
+    keep = np.arange(depth) if superior_up else np.arange(img.shape[axis] - depth, img.shape[axis])
+    data = np.take(np.asarray(img.dataobj), keep, axis=axis)
+    if not np.isfinite(data).all():
+        raise ValueError(f"{path}: contains NaN/Inf values.")
+    _save_slab(img, data, int(keep[0]), axis, out)
+
+
+def add_training_volumes(volumes: list[Path], out: Path) -> list[str]:
+    """Write each of ``volumes`` whole as ``out/train_<name>.nii.gz`` and add it to the training split of
+    ``out/datalist.json`` (written by :func:`write_slabs`); returns the names."""
+    names = _names(volumes)
+    if len(set(names)) != len(names):
+        raise ValueError(f"training volumes must have distinct names, got {[str(p) for p in volumes]}.")
+    datalist = json.loads((out / "datalist.json").read_text())
+    for path, name in zip(volumes, names):
+        _write_whole(path, out / f"train_{name}.nii.gz", 1)
+        datalist["training"].append({"image": f"train_{name}.nii.gz"})
+    (out / "datalist.json").write_text(json.dumps(datalist, indent=2))
+    return names
+
+
 def write_external(volumes: list[Path], out: Path, ratio: int, training: str) -> list[str]:
     """Write each of ``volumes`` whole, its axial axis trimmed from the superior end to a multiple of ``ratio``, as
     ``out/<name>.nii.gz`` with its world affine, and ``out/datalist.json`` with them as the validation split (and
     ``training``, a path relative to ``out``, as the training split the configs also resolve); returns the names."""
-    names = [p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem for p in volumes]
+    names = _names(volumes)
     if len(set(names)) != len(names):
         raise ValueError(f"external volumes must have distinct names, got {[str(p) for p in volumes]}.")
     out.mkdir(parents=True, exist_ok=True)
     for path, name in zip(volumes, names):
-        img = read_volume(path)
-        axis, superior_up = _axial_axis(img)
-        depth = img.shape[axis] // ratio * ratio
-        if depth < 2 * ratio:
-            raise ValueError(f"{path}: {img.shape[axis]} axial slices are too few for ratio {ratio}.")
-        keep = np.arange(depth) if superior_up else np.arange(img.shape[axis] - depth, img.shape[axis])
-        data = np.take(np.asarray(img.dataobj), keep, axis=axis)
-        if not np.isfinite(data).all():
-            raise ValueError(f"{path}: contains NaN/Inf values.")
-        _save_slab(img, data, int(keep[0]), axis, out / f"{name}.nii.gz")
+        _write_whole(path, out / f"{name}.nii.gz", ratio)
     datalist = {"training": [{"image": training}], "validation": [{"image": f"{n}.nii.gz"} for n in names]}
     (out / "datalist.json").write_text(json.dumps(datalist, indent=2))
     return names
@@ -224,6 +249,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="other real thin-slice volumes (NIfTI or NRRD) the trained model is also scored on, each whole",
     )
+    parser.add_argument(
+        "--train_extra",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="other real thin-slice volumes (NIfTI or NRRD) added whole to the training set (never scored)",
+    )
     group = parser.add_argument_group("training (default: the value in ct_train.json / train.json)")
     group.add_argument("--epochs", type=int, help="epochs (train#trainer#max_epochs)")
     group.add_argument("--epoch_length", type=int, help="least optimiser steps per epoch (min_epoch_length)")
@@ -246,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--seed", type=int, help="seed of initialisation and augmentation (seed)")
     args = parser.parse_args(argv)
 
-    for volume in (args.volume, *args.external):
+    overlap = {p.resolve() for p in args.external} & {p.resolve() for p in args.train_extra}
+    if overlap:
+        print(f"error: {sorted(map(str, overlap))[0]} is both a training and an external volume.", file=sys.stderr)
+        return 2
+    for volume in (args.volume, *args.external, *args.train_extra):
         if not volume.is_file():
             print(f"error: {volume} not found (the real volumes live in ../shared/data/).", file=sys.stderr)
             return 2
@@ -257,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     fresh = not args.work_dir.exists()
     try:
         write_slabs(args.volume, data_dir, args.train_slices, args.gap, args.ratio, args.train_side)
+        add_training_volumes(args.train_extra, data_dir)
         names = write_external(args.external, external_dir, args.ratio, "../data/train.nii.gz") if args.external else []
     except (ValueError, OSError) as e:
         if fresh:  # a bad volume leaves nothing behind in a work folder this call created
@@ -274,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["loss"] = LOSSES[args.loss]
     # never validate on the held-out slab during training: nothing is selected on it
     overrides["val_interval"] = 10**9
+    training_volumes = [i["image"] for i in json.loads((data_dir / "datalist.json").read_text())["training"]]
     start = time.perf_counter()
     run("training", config_file=[str(CONFIGS / c) for c in ("train.json", "ct_train.json")], **common, **overrides)
     train_s = time.perf_counter() - start
@@ -288,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         run("evaluating", config_file=evaluate, **{**common, "dataset_dir": str(external_dir)}, ckpt_path=ckpt,
             output_dir=str(external_eval))  # fmt: skip
         external = external_scores(external_eval / "thin_slice_per_volume.csv", names)
-    print(f"\nheld-out slab, ratio {args.ratio}, training overrides {overrides}, train {train_s:.0f} s")
+    print(f"\nheld-out slab, ratio {args.ratio}, training overrides {overrides}, train {train_s:.0f} s"
+          + (f", also trained on {', '.join(map(str, args.train_extra))}" if args.train_extra else ""))  # fmt: skip
     print(f"{'method':<10} {'subset':<8} {'PSNR dB':>8} {'SSIM':>7} {'MAE ' + unit:>22}")
     for subset in ("missing", "all"):
         for method in ("model", *BASELINES):
@@ -312,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  model vs {baseline}: PSNR {m['psnr']:+.3f} dB, SSIM {m['ssim']:+.4f}, MAE {m['mae']:+.3f} {unit}")
         print(f"  beats both on PSNR, SSIM and MAE: {'yes' if scores['beats_both'] else 'no'}")
     result = {"argv": sys.argv[1:] if argv is None else list(argv), "train_seconds": train_s, "overrides": overrides,
+              "training_volumes": training_volumes,
               "summary": summary, "margins_missing": won, "beats_both": beats, "external": external}  # fmt: skip
     (args.work_dir / "result.json").write_text(json.dumps(result, indent=2))
     return 0

@@ -1,7 +1,8 @@
 """
 The real chest CT of ../shared/data/ct through scripts/ct_heldout.py: the slab split (disjoint, with its gap, exact
 world affines, either end), NRRD volumes read with their world affine, and the whole train-then-evaluate command on an
-in-plane crop of the real volume, with an external volume (NRRD) scored by the same model.
+in-plane crop of the real volume, with an extra training volume and an external volume (NRRD) scored by the same
+model.
 Skips with the reason where ../shared/data is absent.
 """
 
@@ -96,10 +97,13 @@ def test_heldout_command_trains_and_scores_model_against_both_interpolations(
     # an "external" volume: the superior 41 slices, cropped elsewhere in-plane, as NRRD; trimmed to 40 for r = 2
     full = nib.load(str(CHEST))
     _write_nrrd_lps(full.slicer[256:352, 160:256, 100:], tmp_path / "other_ct.nrrd")
+    # an extra training volume: the inferior 40 slices of yet another in-plane crop, as NRRD
+    extra = full.slicer[100:196, 300:396, :40]
+    _write_nrrd_lps(extra, tmp_path / "more_ct.nrrd")
     argv = ["--volume", str(chest_crop), "--work_dir", str(work), "--modality", "CT", "--ratio", "2",
             "--train_slices", "90", "--gap", "8", "--epochs", "2", "--epoch_length", "1", "--samples", "1",
             "--patch", "16", "32", "32", "--loss", "mse+ssim", "--prefix_mode", "cubic",
-            "--external", str(tmp_path / "other_ct.nrrd")]  # fmt: skip
+            "--external", str(tmp_path / "other_ct.nrrd"), "--train_extra", str(tmp_path / "more_ct.nrrd")]  # fmt: skip
     assert ct_heldout.main(argv) == 0
     out = capsys.readouterr().out
     assert "held-out slab, ratio 2" in out and "model vs cubic (missing slices" in out
@@ -108,6 +112,12 @@ def test_heldout_command_trains_and_scores_model_against_both_interpolations(
     assert result["overrides"]["train#trainer#max_epochs"] == 2 and result["overrides"]["min_epoch_length"] == 1
     assert set(result["margins_missing"]) == {"trilinear", "cubic"}
     assert "prefix_mode" not in result["overrides"]  # set for both commands, not as a training override
+    # the extra volume joined the training split whole, with its world affine, and is never scored
+    assert result["training_volumes"] == ["train.nii.gz", "train_more_ct.nii.gz"]
+    more = nib.load(str(work / "data" / "train_more_ct.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(more.dataobj), np.asarray(extra.dataobj))
+    np.testing.assert_allclose(more.affine, extra.affine, atol=1e-6)
+    assert "also trained on" in out and "more_ct" in out
     summary = json.loads((work / "bundle" / "eval" / "ct" / "thin_slice_summary.json").read_text())
     for method in ("model", "trilinear", "cubic"):
         assert 15 < summary[f"{method}_psnr_missing"] < 60
@@ -148,3 +158,14 @@ def test_heldout_command_refuses_an_unreadable_external_volume_and_leaves_nothin
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "broken.nrrd" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "w").exists() and bad.read_text() == "not an NRRD file\n"
+
+
+def test_heldout_command_refuses_a_volume_both_trained_on_and_scored(
+    chest_crop: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["--volume", str(chest_crop), "--work_dir", str(tmp_path / "w"), "--train_slices", "90",
+            "--external", str(chest_crop), "--train_extra", str(chest_crop)]  # fmt: skip
+    assert ct_heldout.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "both a training and an external volume" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "w").exists()
