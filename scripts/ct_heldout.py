@@ -20,6 +20,10 @@ Examples (docs/ct.md has the figures and how long they take)::
     # two lung CTs of pyradiomics' test data come from)
     python scripts/ct_heldout.py --volume ../shared/data/ct/chest_ct_2mm_141sl_HU.nii.gz --modality CT \\
         --ratio 4 --train_slices 90 --work_dir runs/ct_chest_r4 --external lung1_image.nrrd lung2_image.nrrd
+    # every volume at hand: one lung CT joins the training set, the other is scored
+    python scripts/ct_heldout.py --volume ../shared/data/ct/chest_ct_2mm_141sl_HU.nii.gz --modality CT \\
+        --ratio 4 --train_slices 90 --work_dir runs/ct_chest_lung1_r4 --train_extra lung1_image.nrrd \\
+        --external lung2_image.nrrd
 
 Prints the per-method means, the model's margins over both interpolations on the non-acquired slices and whether
 it beats both on PSNR, SSIM and MAE, and with ``--external`` the same per volume for each external volume (scored
