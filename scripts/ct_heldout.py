@@ -38,6 +38,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -104,11 +105,17 @@ def _save_slab(img, slab: np.ndarray, first: int, axis: int, path: Path) -> None
 
 
 def write_slabs(
-    volume: Path, out: Path, train_slices: int, gap: int, ratio: int, train_side: str = "inferior"
+    volume: Path,
+    out: Path,
+    train_slices: int,
+    gap: int,
+    ratio: int,
+    train_side: str = "inferior",
+    extra: Sequence[Path] = (),
 ) -> dict[str, list[dict[str, str]]]:
     """Write the ``train_slices`` axial slices at the ``train_side`` end ("inferior" or "superior") and, after
-    ``gap`` slices, the rest (trimmed to a multiple of ``ratio``) as two NIfTI volumes with their world affines;
-    returns the datalist."""
+    ``gap`` slices, the rest (trimmed to a multiple of ``ratio``) as two NIfTI volumes with their world affines,
+    and each of the ``extra`` training volumes whole as ``train_<name>.nii.gz``; returns the datalist."""
     img = read_volume(volume)
     axis, superior_up = _axial_axis(img)
     data = np.asarray(img.dataobj, dtype=np.float32)
@@ -130,14 +137,21 @@ def write_slabs(
         idx = np.sort(order[start : start + count])
         _save_slab(img, np.take(data, idx, axis=axis), int(idx[0]), axis, out / f"{name}.nii.gz")
         items[name] = [{"image": f"{name}.nii.gz"}]
+    for path, name in zip(extra, _names(extra, "training")):
+        _write_whole(path, out / f"train_{name}.nii.gz", 1)
+        items["train"].append({"image": f"train_{name}.nii.gz"})
     datalist = {"training": items["train"], "validation": items["heldout"]}
     (out / "datalist.json").write_text(json.dumps(datalist, indent=2))
     return datalist
 
 
-def _names(volumes: list[Path]) -> list[str]:
-    """File names without the ``.nii.gz`` / ``.nii`` / ``.nrrd`` suffix."""
-    return [p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem for p in volumes]
+def _names(volumes: list[Path], role: str) -> list[str]:
+    """File names without the ``.nii.gz`` / ``.nii`` / ``.nrrd`` suffix; raises ValueError when two of the
+    ``role`` ("training" / "external") volumes share one."""
+    names = [p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem for p in volumes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{role} volumes must have distinct names, got {[str(p) for p in volumes]}.")
+    return names
 
 
 def _write_whole(path: Path, out: Path, ratio: int) -> None:
@@ -146,7 +160,7 @@ def _write_whole(path: Path, out: Path, ratio: int) -> None:
     img = read_volume(path)
     axis, superior_up = _axial_axis(img)
     depth = img.shape[axis] // ratio * ratio
-    if depth < max(2 * ratio, 8):
+    if depth < 2 * ratio:
         raise ValueError(f"{path}: {img.shape[axis]} axial slices are too few for ratio {ratio}.")
     keep = np.arange(depth) if superior_up else np.arange(img.shape[axis] - depth, img.shape[axis])
     data = np.take(np.asarray(img.dataobj), keep, axis=axis)
@@ -155,27 +169,11 @@ def _write_whole(path: Path, out: Path, ratio: int) -> None:
     _save_slab(img, data, int(keep[0]), axis, out)
 
 
-def add_training_volumes(volumes: list[Path], out: Path) -> list[str]:
-    """Write each of ``volumes`` whole as ``out/train_<name>.nii.gz`` and add it to the training split of
-    ``out/datalist.json`` (written by :func:`write_slabs`); returns the names."""
-    names = _names(volumes)
-    if len(set(names)) != len(names):
-        raise ValueError(f"training volumes must have distinct names, got {[str(p) for p in volumes]}.")
-    datalist = json.loads((out / "datalist.json").read_text())
-    for path, name in zip(volumes, names):
-        _write_whole(path, out / f"train_{name}.nii.gz", 1)
-        datalist["training"].append({"image": f"train_{name}.nii.gz"})
-    (out / "datalist.json").write_text(json.dumps(datalist, indent=2))
-    return names
-
-
 def write_external(volumes: list[Path], out: Path, ratio: int, training: str) -> list[str]:
     """Write each of ``volumes`` whole, its axial axis trimmed from the superior end to a multiple of ``ratio``, as
     ``out/<name>.nii.gz`` with its world affine, and ``out/datalist.json`` with them as the validation split (and
     ``training``, a path relative to ``out``, as the training split the configs also resolve); returns the names."""
-    names = _names(volumes)
-    if len(set(names)) != len(names):
-        raise ValueError(f"external volumes must have distinct names, got {[str(p) for p in volumes]}.")
+    names = _names(volumes, "external")
     out.mkdir(parents=True, exist_ok=True)
     for path, name in zip(volumes, names):
         _write_whole(path, out / f"{name}.nii.gz", ratio)
@@ -296,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     external_dir = args.work_dir / "external"
     fresh = not args.work_dir.exists()
     try:
-        write_slabs(args.volume, data_dir, args.train_slices, args.gap, args.ratio, args.train_side)
-        add_training_volumes(args.train_extra, data_dir)
+        datalist = write_slabs(
+            args.volume, data_dir, args.train_slices, args.gap, args.ratio, args.train_side, args.train_extra
+        )
         names = write_external(args.external, external_dir, args.ratio, "../data/train.nii.gz") if args.external else []
     except (ValueError, OSError) as e:
         if fresh:  # a bad volume leaves nothing behind in a work folder this call created
@@ -315,7 +314,6 @@ def main(argv: list[str] | None = None) -> int:
         overrides["loss"] = LOSSES[args.loss]
     # never validate on the held-out slab during training: nothing is selected on it
     overrides["val_interval"] = 10**9
-    training_volumes = [i["image"] for i in json.loads((data_dir / "datalist.json").read_text())["training"]]
     start = time.perf_counter()
     run("training", config_file=[str(CONFIGS / c) for c in ("train.json", "ct_train.json")], **common, **overrides)
     train_s = time.perf_counter() - start
@@ -355,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  model vs {baseline}: PSNR {m['psnr']:+.3f} dB, SSIM {m['ssim']:+.4f}, MAE {m['mae']:+.3f} {unit}")
         print(f"  beats both on PSNR, SSIM and MAE: {'yes' if scores['beats_both'] else 'no'}")
     result = {"argv": sys.argv[1:] if argv is None else list(argv), "train_seconds": train_s, "overrides": overrides,
-              "training_volumes": training_volumes,
+              "training_volumes": [item["image"] for item in datalist["training"]],
               "summary": summary, "margins_missing": won, "beats_both": beats, "external": external}  # fmt: skip
     (args.work_dir / "result.json").write_text(json.dumps(result, indent=2))
     return 0
