@@ -278,6 +278,13 @@ def main(argv: list[str] | None = None) -> int:
         help="probability of training on the volume resampled to thicker slices (depth_zoom_prob)",
     )
     group.add_argument("--seed", type=int, help="seed of initialisation and augmentation (seed)")
+    parser.add_argument(
+        "--tta_flip_axes",
+        type=int,
+        nargs="*",
+        help="evaluation: axes whose mirror images the model's prediction is averaged over (the config's: 0 1 2; "
+        "none: one pass)",
+    )
     args = parser.parse_args(argv)
 
     overlap = {p.resolve() for p in args.external} & {p.resolve() for p in args.train_extra}
@@ -319,14 +326,15 @@ def main(argv: list[str] | None = None) -> int:
     train_s = time.perf_counter() - start
     evaluate = [str(CONFIGS / c) for c in ("train.json", "ct_train.json", "evaluate.json", "ct_evaluate.json")]
     ckpt = str(root / "models" / "ct" / "checkpoint_final.pt")
-    run("evaluating", config_file=evaluate, **common, ckpt_path=ckpt)
+    scoring = {} if args.tta_flip_axes is None else {"tta_flip_axes": list(args.tta_flip_axes)}
+    run("evaluating", config_file=evaluate, **common, **scoring, ckpt_path=ckpt)
     summary = json.loads((root / "eval" / "ct" / "thin_slice_summary.json").read_text())
     unit = "HU" if args.modality == "CT" else "intensity units"
     external = {}
     if names:
         external_eval = root / "eval" / "ct_external"
-        run("evaluating", config_file=evaluate, **{**common, "dataset_dir": str(external_dir)}, ckpt_path=ckpt,
-            output_dir=str(external_eval))  # fmt: skip
+        run("evaluating", config_file=evaluate, **{**common, "dataset_dir": str(external_dir)}, **scoring,
+            ckpt_path=ckpt, output_dir=str(external_eval))  # fmt: skip
         external = external_scores(external_eval / "thin_slice_per_volume.csv", names)
     print(f"\nheld-out slab, ratio {args.ratio}, training overrides {overrides}, train {train_s:.0f} s"
           + (f", also trained on {', '.join(map(str, args.train_extra))}" if args.train_extra else ""))  # fmt: skip
@@ -353,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  model vs {baseline}: PSNR {m['psnr']:+.3f} dB, SSIM {m['ssim']:+.4f}, MAE {m['mae']:+.3f} {unit}")
         print(f"  beats both on PSNR, SSIM and MAE: {'yes' if scores['beats_both'] else 'no'}")
     result = {"argv": sys.argv[1:] if argv is None else list(argv), "train_seconds": train_s, "overrides": overrides,
+              "scoring_overrides": scoring,
               "training_volumes": [item["image"] for item in datalist["training"]],
               "summary": summary, "margins_missing": won, "beats_both": beats, "external": external}  # fmt: skip
     (args.work_dir / "result.json").write_text(json.dumps(result, indent=2))

@@ -195,6 +195,74 @@ def test_training_patches_from_thicker_slices_keep_the_target_and_its_sparse_inp
     assert all(1.0 < d <= 2.05 for d in depths) and len(depths) > 1, depths
 
 
+def test_training_loss_sees_only_the_missing_slices(tmp_path: Path) -> None:
+    """ct_train.json hands the trainer's network the acquisition mask of every patch (``AcquiredMaskd`` and
+    ``PrepareBatchExtraInput``): the network's output on the acquired slices is its input there, as the evaluation's
+    ``KeepAcquiredSlicesd`` makes it, so the loss's gradient comes from the missing slices alone. With
+    ``keep_acquired`` false the evaluation scores every slice, and so does the training."""
+    from monai.bundle import ConfigParser
+    from monai.data import list_data_collate
+
+    path = save_nifti(tmp_path / "phantom.nii.gz", make_ct_phantom(1, shape=(40, 40, 48)), (3.0, 3.0, 1.0))
+    configs = [str(REPO / "bundle" / "configs" / c) for c in ("train.json", "ct_train.json")]
+    parser = ConfigParser()
+    parser.read_config(configs)
+    parser.update({"bundle_root": str(tmp_path), "ratio": 4, "patch_size": [16, 32, 32], "samples_per_volume": 3})
+    preprocess = parser.get_parsed_content("train#preprocessing")
+    preprocess.set_random_state(5)
+    batch = list_data_collate(preprocess({"image": str(path)}))
+    image, label, args, kwargs = parser.get_parsed_content("train#trainer#prepare_batch")(batch, "cpu")
+    mask = kwargs["acquired"]
+    assert args == () and mask.shape == (3, 1, 16, 1, 1)
+    # the mask marks exactly the slices where the input holds the target's values (every 4th, at a random phase)
+    for b in range(3):
+        kept = [z for z in range(16) if torch.equal(image[b, :, z], label[b, :, z])]
+        assert torch.nonzero(mask[b, 0, :, 0, 0]).reshape(-1).tolist() == kept and len(kept) == 4
+    net = parser.get_parsed_content("network_def")
+    for p_ in net.net.head.parameters():  # a trained-looking head: the zero-initialised one corrects nothing
+        torch.nn.init.normal_(p_, std=0.1)
+    pred = net(image.as_tensor(), **kwargs)
+    on = mask.expand_as(pred) > 0
+    torch.testing.assert_close(pred[on], image.as_tensor()[on], rtol=0, atol=0)
+    assert float((pred - image.as_tensor())[~on].abs().max().detach()) > 0
+    # a loss on the acquired slices alone trains nothing
+    ((pred - label.as_tensor())[on] ** 2).sum().backward()
+    assert all(float(p_.grad.abs().max()) == 0 for p_ in net.parameters() if p_.grad is not None)
+
+    parser = ConfigParser()
+    parser.read_config(configs)
+    parser.update({"bundle_root": str(tmp_path), "keep_acquired": False, "patch_size": [16, 32, 32]})
+    names = [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
+    assert "AcquiredMaskd" not in names
+    assert len(parser.get_parsed_content("train#trainer#prepare_batch")(batch, "cpu")) == 2
+
+
+def test_evaluation_and_inference_average_the_mirrored_predictions(tmp_path: Path) -> None:
+    """ct_evaluate.json and ct_inference.json score and write the mean of the predictions of the input mirrored
+    along all three axes (``tta_flip_axes``); the validation inside training runs one pass; ``[]`` switches it off."""
+    from monai.bundle import ConfigParser
+
+    from sparsessp_monai.engines import FlipAveragingInferer
+
+    configs = REPO / "bundle" / "configs"
+    evaluate = [str(configs / c) for c in ("train.json", "ct_train.json", "evaluate.json", "ct_evaluate.json")]
+    for files, evaluator, plain in (
+        (evaluate, "validate#evaluator", "validate#inferer"),
+        ([str(configs / c) for c in ("inference.json", "ct_inference.json")], "evaluator", "inferer"),
+    ):
+        for axes in ([0, 1, 2], []):
+            parser = ConfigParser()
+            parser.read_config(files)
+            parser.update({"bundle_root": str(tmp_path), "tta_flip_axes": axes})
+            inferer = parser.get_parsed_content(f"{evaluator}#inferer")
+            assert isinstance(inferer, FlipAveragingInferer) and inferer.spatial_axes == tuple(axes)
+            assert not isinstance(parser.get_parsed_content(plain), FlipAveragingInferer)
+    parser = ConfigParser()
+    parser.read_config([str(configs / c) for c in ("train.json", "ct_train.json")])
+    parser["bundle_root"] = str(tmp_path)
+    assert not isinstance(parser.get_parsed_content("validate#evaluator#inferer"), FlipAveragingInferer)
+
+
 def test_ct_datalist_from_datalist_folder_or_errors(tmp_path: Path) -> None:
     lps = make_ct_phantom(1, shape=(16, 16, 12), spacing=(4.0, 4.0, 1.0))
     folder = tmp_path / "user"

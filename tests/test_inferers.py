@@ -1,4 +1,5 @@
-"""The engines' inferers: slab-wise Gaussian sliding windows give MONAI's result; autocast wraps any inferer."""
+"""The engines' inferers: slab-wise Gaussian sliding windows give MONAI's result; autocast wraps any inferer; test-time
+flips average the mirrored predictions."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from monai.data import MetaTensor
 from monai.data.utils import dense_patch_slices
 from monai.inferers import SlidingWindowInferer
 
-from sparsessp_monai.engines import AutocastInferer, SlabSlidingWindowInferer
+from sparsessp_monai.engines import AutocastInferer, FlipAveragingInferer, SlabSlidingWindowInferer
 from sparsessp_monai.engines.inferers import window_starts
 
 
@@ -75,3 +76,28 @@ def test_slab_inferer_refuses_bad_arguments_and_resampling_networks() -> None:
     halve = torch.nn.AvgPool3d((2, 1, 1))
     with pytest.raises(ValueError, match="output grid of the input"):
         SlabSlidingWindowInferer((8, 8, 8))(torch.zeros(1, 1, 20, 8, 8), halve)
+
+
+def test_flip_averaging_is_the_mean_of_the_mirrored_predictions_flipped_back() -> None:
+    net = _net(out_channels=1)
+    x = MetaTensor(torch.randn(1, 1, 20, 18, 22), affine=torch.diag(torch.tensor([2.0, 3.0, 4.0, 1.0])))
+    sliding = SlidingWindowInferer([8, 16, 16], 2, 0.25, mode="gaussian")
+    mirrors = [[], [2], [3], [4], [2, 3], [2, 4], [3, 4], [2, 3, 4]]
+    with torch.no_grad():
+        got = FlipAveragingInferer(sliding, [0, 1, 2])(x, net)
+        ref = sum(sliding(x.flip(d), net).flip(d) if d else sliding(x, net) for d in mirrors) / len(mirrors)
+        plain = FlipAveragingInferer(sliding, [])(x, net)
+        depth_only = FlipAveragingInferer(sliding, [0])(x, net)
+    assert isinstance(got, MetaTensor) and got.shape == x.shape
+    torch.testing.assert_close(got.affine, x.affine)
+    torch.testing.assert_close(got.as_tensor(), ref.as_tensor(), atol=1e-5, rtol=1e-5)
+    # the zero-padded convolutions are not flip-equivariant: the mean differs from one pass
+    assert float((got - plain).abs().max()) > 1e-3
+    torch.testing.assert_close(plain.as_tensor(), sliding(x, net).as_tensor())
+    torch.testing.assert_close(
+        depth_only.as_tensor(), ((sliding(x, net) + sliding(x.flip(2), net).flip(2)) / 2).as_tensor()
+    )
+    with pytest.raises(ValueError, match="distinct"):
+        FlipAveragingInferer(sliding, [0, 0])
+    with pytest.raises(ValueError, match="spatial_axes"):
+        FlipAveragingInferer(sliding, [3])(x, net)

@@ -103,7 +103,8 @@ def test_heldout_command_trains_and_scores_model_against_both_interpolations(
     argv = ["--volume", str(chest_crop), "--work_dir", str(work), "--modality", "CT", "--ratio", "2",
             "--train_slices", "90", "--gap", "8", "--epochs", "2", "--epoch_length", "1", "--samples", "1",
             "--patch", "16", "32", "32", "--loss", "mse+ssim", "--prefix_mode", "cubic",
-            "--external", str(tmp_path / "other_ct.nrrd"), "--train_extra", str(tmp_path / "more_ct.nrrd")]  # fmt: skip
+            "--external", str(tmp_path / "other_ct.nrrd"), "--train_extra", str(tmp_path / "more_ct.nrrd"),
+            "--tta_flip_axes", "2"]  # fmt: skip
     assert ct_heldout.main(argv) == 0
     out = capsys.readouterr().out
     assert "held-out slab, ratio 2" in out and "model vs cubic (missing slices" in out
@@ -112,6 +113,7 @@ def test_heldout_command_trains_and_scores_model_against_both_interpolations(
     assert result["overrides"]["train#trainer#max_epochs"] == 2 and result["overrides"]["min_epoch_length"] == 1
     assert set(result["margins_missing"]) == {"trilinear", "cubic"}
     assert "prefix_mode" not in result["overrides"]  # set for both commands, not as a training override
+    assert result["scoring_overrides"] == {"tta_flip_axes": [2]}  # the evaluations' mirrors: along L-R only
     # the extra volume joined the training split whole, with its world affine, and is never scored
     assert result["training_volumes"] == ["train.nii.gz", "train_more_ct.nii.gz"]
     more = nib.load(str(work / "data" / "train_more_ct.nii.gz"))

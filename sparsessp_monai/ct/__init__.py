@@ -10,6 +10,7 @@ from sparsessp_monai.ct.losses import SliceSSIMMSELoss
 from sparsessp_monai.ct.transforms import (
     MODALITIES,
     WINDOW_KEY,
+    AcquiredMaskd,
     CheckDicomSeriesd,
     CheckVolumed,
     InverseWindowd,
@@ -26,6 +27,7 @@ __all__ = [
     "NIFTI_SUFFIXES",
     "SUBSETS",
     "WINDOW_KEY",
+    "AcquiredMaskd",
     "CheckDicomSeriesd",
     "CheckVolumed",
     "InverseWindowd",

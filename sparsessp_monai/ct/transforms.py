@@ -29,6 +29,7 @@ from sparsessp_monai.transforms.checks import CheckInputd
 __all__ = [
     "MODALITIES",
     "WINDOW_KEY",
+    "AcquiredMaskd",
     "CheckDicomSeriesd",
     "CheckVolumed",
     "InverseWindowd",
@@ -217,6 +218,38 @@ class KeepAcquiredSlicesd(MapTransform):
             out = pred.clone()
             out.index_copy_(dim, idx.to(out.device), ref.index_select(dim, idx.to(ref.device)).to(out))
             d[key] = out
+        return d
+
+
+class AcquiredMaskd(MapTransform):
+    """
+    Write the acquisition mask of a resampled sparse stack under ``mask_key``: a float ``(1, D, 1, 1)`` (depth at
+    ``axis``) that is 1 on the acquired slices and 0 on the missing ones. Training passes it to
+    :class:`~sparsessp_monai.networks.ResidualSparseSSP` (``acquired=``) so the loss only sees the slices the
+    evaluation scores: with :class:`KeepAcquiredSlicesd` the acquired slices are the measured values whatever the
+    network predicts there, and a loss on them would only teach the network to predict no correction, which it cannot
+    do for the acquired slices alone because it cannot tell them from the missing ones.
+
+    Args:
+        keys: the resampled network input carrying ``sparse_z_ratio`` / ``sparse_z_offset`` meta (one key).
+        mask_key: key of the mask written.
+        axis: the sparse spatial axis.
+    """
+
+    def __init__(self, keys: KeysCollection, mask_key: str = "acquired", axis: int = 0) -> None:
+        super().__init__(keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"AcquiredMaskd takes one key, got {self.keys}.")
+        self.mask_key = mask_key
+        self.axis = check_axis(axis)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        img = d[self.keys[0]]
+        ratio, offset = placement_from_meta(img)
+        shape = [1, 1, 1, 1]
+        shape[self.axis + 1] = int(img.shape[self.axis + 1])
+        d[self.mask_key] = acquired_mask(shape[self.axis + 1], ratio, offset).to(torch.float32).reshape(shape)
         return d
 
 

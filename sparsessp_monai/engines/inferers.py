@@ -1,14 +1,17 @@
 """
-Inferers: run any MONAI inferer with the network under ``torch.autocast`` (bf16 on CPU or CUDA), and Gaussian
-sliding windows one slab at a time for volumes too large for a full-size weight map.
+Inferers: run any MONAI inferer with the network under ``torch.autocast`` (bf16 on CPU or CUDA), average it over
+mirrored copies of the input (test-time flips), and Gaussian sliding windows one slab at a time for volumes too
+large for a full-size weight map.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
+from monai.data import MetaTensor
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers import Inferer, SlidingWindowInferer
 from monai.utils import BlendMode, convert_to_dst_type, ensure_tuple_rep, look_up_option, optional_import
@@ -17,7 +20,7 @@ from sparsessp_monai.engines.bundle_utils import as_bool
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
-__all__ = ["AutocastInferer", "SlabSlidingWindowInferer", "window_starts"]
+__all__ = ["AutocastInferer", "FlipAveragingInferer", "SlabSlidingWindowInferer", "window_starts"]
 
 
 class AutocastInferer(Inferer):
@@ -47,6 +50,52 @@ class AutocastInferer(Inferer):
                 return network(x, *a, **k).float()
 
         return self.inferer(inputs, autocast_forward, *args, **kwargs)
+
+
+def _plain(x: Any) -> torch.Tensor:
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
+
+
+class FlipAveragingInferer(Inferer):
+    """
+    Test-time flips: run a MONAI inferer on the input and on its mirror images along every subset of
+    ``spatial_axes``, flip each prediction back and return their mean (``2 ** len(spatial_axes)`` passes).
+
+    A model trained with random flips along those axes is nearly, not exactly, equivariant to them; the mean of the
+    mirrored predictions keeps what they agree on and averages out what depends on the orientation, as nnU-Net's
+    mirroring does at inference. Use only axes along which flipped data is as plausible as the original (all three
+    for CT; not the depth axis of brightfield stacks, whose defocus is not symmetric about focus).
+
+    Args:
+        inferer: the inferer to wrap (``SlidingWindowInferer``, :class:`AutocastInferer`, ...).
+        spatial_axes: spatial axes to mirror (0 = the first spatial axis of ``(B, C, *spatial)``); empty makes this a
+            pass-through.
+
+    Shapes: whatever the wrapped inferer takes and returns; the prediction has the input's spatial shape.
+    """
+
+    def __init__(self, inferer: Inferer, spatial_axes: Sequence[int] = ()) -> None:
+        self.inferer = inferer
+        axes = [int(a) for a in spatial_axes]
+        if len(set(axes)) != len(axes) or any(a < 0 for a in axes):
+            raise ValueError(f"spatial_axes must be distinct non-negative axes, got {list(spatial_axes)}.")
+        self.spatial_axes = tuple(axes)
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        first = self.inferer(inputs, network, *args, **kwargs)
+        if not self.spatial_axes:
+            return first
+        if max(self.spatial_axes) >= inputs.ndim - 2:
+            raise ValueError(f"spatial_axes {list(self.spatial_axes)} for an input of shape {tuple(inputs.shape)}.")
+        total = _plain(first).float().clone()
+        count = 1
+        for r in range(1, len(self.spatial_axes) + 1):
+            for axes in itertools.combinations(self.spatial_axes, r):
+                dims = [2 + a for a in axes]
+                pred = self.inferer(torch.flip(inputs, dims), network, *args, **kwargs)
+                total += torch.flip(_plain(pred).float(), dims).to(total.device)
+                count += 1
+        return convert_to_dst_type(total / count, dst=first)[0]
 
 
 def window_starts(size: int, roi: int, overlap: float) -> list[int]:

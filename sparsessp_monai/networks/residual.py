@@ -36,10 +36,22 @@ class ResidualSparseSSP(nn.Module):
                 for p in self.net.head.parameters():
                     p.zero_()
 
-    def forward(self, x: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, 1, D, H, W)`` thin-grid input -> ``(B, out_channels, D, H, W)``."""
+    def forward(
+        self, x: torch.Tensor, task: torch.Tensor | None = None, acquired: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """
+        ``(B, 1, D, H, W)`` thin-grid input -> ``(B, out_channels, D, H, W)``.
+
+        ``acquired`` (training): a mask broadcastable to the output, 1 on the acquired slices (e.g. ``(B, 1, D, 1,
+        1)`` from :class:`~sparsessp_monai.ct.AcquiredMaskd`); the output there is the input, as the evaluation's
+        :class:`~sparsessp_monai.ct.KeepAcquiredSlicesd` makes it, so a loss only trains the missing slices.
+        """
         y = self.net(x, task)
-        if not self.residual:
+        if self.residual:
+            # the sum in the input's precision: under bf16 autocast only the (small) correction is rounded to bf16
+            y = x + y.to(x.dtype)
+        if acquired is None:
             return y
-        # the sum in the input's precision: under bf16 autocast only the (small) correction is rounded to bf16
-        return x + y.to(x.dtype)
+        if acquired.ndim != y.ndim:
+            raise ValueError(f"acquired mask of shape {tuple(acquired.shape)} for an output of shape {tuple(y.shape)}.")
+        return torch.where(acquired.to(device=y.device) > 0.5, x.to(y.dtype), y)
