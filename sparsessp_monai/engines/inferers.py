@@ -11,10 +11,16 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
-from monai.data import MetaTensor
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers import Inferer, SlidingWindowInferer
-from monai.utils import BlendMode, convert_to_dst_type, ensure_tuple_rep, look_up_option, optional_import
+from monai.utils import (
+    BlendMode,
+    convert_to_dst_type,
+    convert_to_tensor,
+    ensure_tuple_rep,
+    look_up_option,
+    optional_import,
+)
 
 from sparsessp_monai.engines.bundle_utils import as_bool
 
@@ -52,10 +58,6 @@ class AutocastInferer(Inferer):
         return self.inferer(inputs, autocast_forward, *args, **kwargs)
 
 
-def _plain(x: Any) -> torch.Tensor:
-    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
-
-
 class FlipAveragingInferer(Inferer):
     """
     Test-time flips: run a MONAI inferer on the input and on its mirror images along every subset of
@@ -82,18 +84,19 @@ class FlipAveragingInferer(Inferer):
         self.spatial_axes = tuple(axes)
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.spatial_axes and max(self.spatial_axes) >= inputs.ndim - 2:  # before any pass is paid for
+            raise ValueError(f"spatial_axes {list(self.spatial_axes)} for an input of shape {tuple(inputs.shape)}.")
         first = self.inferer(inputs, network, *args, **kwargs)
         if not self.spatial_axes:
             return first
-        if max(self.spatial_axes) >= inputs.ndim - 2:
-            raise ValueError(f"spatial_axes {list(self.spatial_axes)} for an input of shape {tuple(inputs.shape)}.")
-        total = _plain(first).float().clone()
+        total = convert_to_tensor(first, dtype=torch.float32, track_meta=False).clone()
         count = 1
         for r in range(1, len(self.spatial_axes) + 1):
             for axes in itertools.combinations(self.spatial_axes, r):
                 dims = [2 + a for a in axes]
                 pred = self.inferer(torch.flip(inputs, dims), network, *args, **kwargs)
-                total += torch.flip(_plain(pred).float(), dims).to(total.device)
+                pred = convert_to_tensor(pred, dtype=torch.float32, track_meta=False)
+                total += torch.flip(pred, dims).to(total.device)
                 count += 1
         return convert_to_dst_type(total / count, dst=first)[0]
 
